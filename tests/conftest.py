@@ -1,0 +1,61 @@
+"""Shared fixtures: real speech from the package registries, and audio files in tmp."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from whisper_at.corpus import SpeechClip, asterisk_prompts, librivox_clips
+
+# Encoder per file suffix for generated test files; PyAV converts the sample format
+# and, for Opus (48 kHz only), the rate.
+ENCODERS = {
+    ".wav": "pcm_s16le",
+    ".flac": "flac",
+    ".mp3": "libmp3lame",
+    ".ogg": "libopus",
+    ".m4a": "aac",
+}
+
+WriteAudio = Callable[..., Path]
+
+
+@pytest.fixture(scope="session", name="librivox_clips")
+def librivox_clips_fixture() -> list[SpeechClip]:
+    """The 5 LibriVox utterances (fetched from Debian once, then cached)."""
+    return librivox_clips()
+
+
+@pytest.fixture(scope="session", name="asterisk_prompts")
+def asterisk_prompts_fixture() -> list[SpeechClip]:
+    """Asterisk prompts of 6+ words (fetched from Debian once, then cached)."""
+    return asterisk_prompts()
+
+
+@pytest.fixture
+def tmp_audio(tmp_path: Path) -> WriteAudio:
+    """Factory: ``tmp_audio(signal, sample_rate, suffix=".wav")`` writes a file, returns it.
+
+    ``signal`` is float in [-1, 1], shaped (samples,) or (channels, samples).
+    """
+    counter = iter(range(1_000_000))
+
+    def write(signal: np.ndarray, sample_rate: int, suffix: str = ".wav") -> Path:
+        planar = np.ascontiguousarray(np.atleast_2d(signal), dtype=np.float32)
+        layout = {1: "mono", 2: "stereo"}[planar.shape[0]]
+        path = tmp_path / f"audio{next(counter)}{suffix}"
+        rate = 48000 if suffix == ".ogg" else sample_rate
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream(ENCODERS[suffix], rate=rate, layout=layout)
+            frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
+            frame.sample_rate = sample_rate
+            frame.pts = 0
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+        return path
+
+    return write

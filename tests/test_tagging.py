@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+
+from whisper_at.labels import LabelSet, audioset_labels
+from whisper_at.tagging import TagAccumulator, TaggingResult, bins_per_window, parse_at_label
+
+
+class RecordingHead:
+    """Stands in for a head to see exactly which pooled features it is given."""
+
+    def __init__(self):
+        self.windows: list[torch.Tensor] = []
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:  # [n, n_layer, time, d]
+        self.windows.extend(features.clone())
+        return torch.zeros(features.shape[0], 1)
+
+
+def frame_index_layers(seek: int, n_layer: int = 2) -> torch.Tensor:
+    """Layer outputs whose value is the absolute encoder frame index (layer l adds 1000 l)."""
+    absolute = torch.arange(1500, dtype=torch.float32) + seek // 2
+    return torch.stack([absolute + 1000 * layer for layer in range(n_layer)])[:, :, None]
+
+
+def expected_bins(total_mel_frames: int) -> torch.Tensor:
+    """Mean absolute frame index of each 0.4 s bin, the last one possibly partial."""
+    n_frames = math.ceil(total_mel_frames / 2)
+    frames = torch.arange(n_frames, dtype=torch.float32)
+    return torch.stack([chunk.mean() for chunk in frames.split(20)])
+
+
+@pytest.mark.parametrize("res,bins", [(0.4, 1), (2.0, 5), (10, 25), (30.0, 75)])
+def test_resolution_must_be_a_multiple_of_0_4_s(res, bins):
+    assert bins_per_window(res) == bins
+
+
+@pytest.mark.parametrize("res", [0, 0.5, 1.0, 10.1, -0.4])
+def test_bad_resolutions_are_refused(res):
+    with pytest.raises(ValueError, match="multiple of 0.4"):
+        bins_per_window(res)
+
+
+@pytest.mark.parametrize(
+    "passes",
+    [
+        [(0, 3000), (3000, 1234)],  # fixed grid, as in tags-only
+        [(0, 3000), (2810, 2424), (5000, 234)],  # decoder seeks, overlapping
+        [(0, 3000), (0, 3000), (2000, 2234)],  # a repeated window (temperature fallback)
+    ],
+)
+def test_bins_sit_on_the_absolute_grid_whatever_the_windows(passes):
+    total = passes[-1][0] + passes[-1][1]
+    head = RecordingHead()
+    acc = TagAccumulator(head, at_time_res=10.0)
+    for seek, valid in passes:
+        acc.add_pass(frame_index_layers(seek), seek, valid)
+    logits = acc.finish()
+    n_windows = math.ceil(total / 1000)
+    assert logits.shape == (n_windows, 1)
+    got = torch.cat([w[0, :, 0] for w in head.windows])  # layer 0, every bin in order
+    torch.testing.assert_close(got, expected_bins(total))
+    assert [w.shape[1] for w in head.windows][:-1] == [25] * (n_windows - 1)
+    assert torch.equal(head.windows[0][1] - head.windows[0][0], torch.full((25, 1), 1000.0))
+
+
+def test_windows_are_tagged_as_soon_as_complete():
+    head = RecordingHead()
+    acc = TagAccumulator(head, at_time_res=2.0)
+    acc.add_pass(frame_index_layers(0), 0, 3000)
+    assert len(head.windows) == 15  # 30 s of 2 s windows, before any finish()
+    acc.add_pass(frame_index_layers(3000), 3000, 130)  # 1.3 s more: one partial window
+    assert len(head.windows) == 15
+    assert acc.finish().shape == (16, 1)
+    assert head.windows[-1].shape == (2, 4, 1)  # 1.3 s -> 3 full bins + a 0.1 s bin
+
+
+def make_result(logits, labels=None, res=2.0, duration=None, **extra):
+    labels = labels or audioset_labels()
+    tagging = TaggingResult(
+        logits=torch.as_tensor(logits, dtype=torch.float32),
+        at_time_res=res,
+        duration=duration or res * len(logits),
+        labels=labels,
+        reported_classes=list(range(len(labels))),
+    )
+    return {**tagging.to_result_fields(), **extra}
+
+
+def test_parse_at_label_keeps_the_reference_shape_and_semantics():
+    logits = torch.full((2, 527), -5.0)
+    logits[0, 0], logits[0, 137], logits[0, 74] = 3.0, 1.0, -0.5  # Speech, Music, Dog
+    logits[1, 74] = 2.0
+    result = make_result(logits, duration=3.5, language="en")
+    parsed = parse_at_label(result, top_k=2, p_threshold=-1)
+    assert parsed == [
+        {"time": {"start": 0.0, "end": 2.0}, "audio tags": [("Speech", 3.0), ("Music", 1.0)]},
+        {"time": {"start": 2.0, "end": 3.5}, "audio tags": [("Dog", 2.0)]},
+    ]
+    assert parse_at_label(result, top_k=5, p_threshold=0.0)[0]["audio tags"] == [
+        ("Speech", 3.0),
+        ("Music", 1.0),
+    ]
+    only_dog = parse_at_label(result, include_class_list=[74])
+    assert [t for w in only_dog for t in w["audio tags"]] == [("Dog", -0.5), ("Dog", 2.0)]
+    chinese = parse_at_label({**result, "language": "zh"}, top_k=1)
+    assert chinese[0]["audio tags"][0][0] == "说话的声音"
+
+
+def test_custom_labels_and_trained_classes_limit_what_is_reported():
+    labels = LabelSet.custom(["siren", "horn", "engine"])
+    tagging = TaggingResult(
+        logits=torch.tensor([[4.0, 3.0, 2.0]]),
+        at_time_res=10.0,
+        duration=10.0,
+        labels=labels,
+        reported_classes=[1, 2],  # "siren" had no training data
+    )
+    (window,) = tagging.windows(top_k=5)
+    assert [t.label for t in window.tags] == ["horn", "engine"]
+    assert window.tags[0].probability == pytest.approx(1 / (1 + math.exp(-3.0)))
+    assert tagging.windows(threshold=0.9)[0].tags[0].label == "horn"
+    assert tagging.windows(threshold=0.99)[0].tags == []
+    roundtrip = TaggingResult.from_result(tagging.to_result_fields())
+    assert roundtrip.labels == labels and roundtrip.reported_classes == [1, 2]
+
+
+def test_span_tags_take_the_max_over_overlapping_windows():
+    logits = torch.full((3, 527), -5.0)
+    logits[0, 0] = 1.0
+    logits[1, 0] = 2.0
+    logits[2, 74] = 4.0
+    tagging = TaggingResult.from_result(make_result(logits, res=2.0))
+    assert [t.label for t in tagging.span_tags(0.5, 3.0, top_k=1)] == ["Speech"]
+    assert tagging.span_tags(0.5, 3.0, top_k=1)[0].logit == 2.0
+    assert [t.label for t in tagging.span_tags(4.2, 5.0, top_k=1)] == ["Dog"]
+
+
+def test_results_without_tags_say_so():
+    with pytest.raises(ValueError, match="no audio tags"):
+        parse_at_label({"text": "hi", "segments": [], "language": "en"})

@@ -1,0 +1,192 @@
+"""``whisper-at``: transcribe and tag audio files, or tag only (``whisper-at tag``).
+
+Each file is processed on its own: a bad file is reported and skipped, the others
+go on, and the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .heads import HeadError
+from .labels import audioset_labels
+from .pipeline import WhisperAT, load_model
+from .tagging import TaggingResult
+from .weights import WeightsError, available_models, known_models
+from .writers import OUTPUT_FORMATS, write_outputs
+
+logger = logging.getLogger("whisper_at")
+USER_ERRORS = (OSError, ValueError)  # AudioError, WeightsError, HeadError are ValueErrors
+
+
+def _formats(text: str) -> list[str]:
+    chosen = list(OUTPUT_FORMATS) if text == "all" else [f.strip() for f in text.split(",")]
+    unknown = [f for f in chosen if f not in OUTPUT_FORMATS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown}; choose from {OUTPUT_FORMATS} or all")
+    return chosen
+
+
+def _temperatures(text: str) -> tuple[float, ...]:
+    return tuple(float(t) for t in text.split(","))
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("audio", nargs="*", help="audio or video files (anything FFmpeg decodes)")
+    parser.add_argument("--model", default="tiny.en", help="Whisper name or local path (default: tiny.en)")
+    parser.add_argument("--model-dir", help="where OpenAI .pt checkpoints are looked for")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--head", default="default", help="tagging head: default, none, or a .safetensors path")
+    parser.add_argument("--at-low-compute", action="store_true", help="use the low-dim TL-TR head")
+    parser.add_argument("--at-time-res", type=float, default=10.0, help="tag window in seconds, a multiple of 0.4")
+    parser.add_argument("--top-k", type=int, default=5, help="tags per window")
+    parser.add_argument("--threshold", type=float, default=0.0, help="minimum tag probability")
+    parser.add_argument("--output-dir", default=".", help="where output files go")
+    parser.add_argument("--list-models", action="store_true", help="list Whisper models and exit")
+    parser.add_argument("--list-labels", action="store_true", help="list the head's labels and exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whisper-at",
+        description="Transcribe audio with Whisper and tag its sound events from the same encoder pass. "
+        "Use `whisper-at tag FILES` to tag without transcribing.",
+    )
+    parser.add_argument("--version", action="version", version=f"whisper-at {__version__}")
+    _common(parser)
+    parser.add_argument(
+        "--output-format", type=_formats, default=["txt", "json", "tags"],
+        help=f"comma list of {','.join(OUTPUT_FORMATS)}, or all (default: txt,json,tags)",
+    )
+    parser.add_argument("--language", help="spoken language (default: detect; English for .en models)")
+    parser.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+    parser.add_argument("--temperature", type=_temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                        help="comma list of fallback temperatures")
+    parser.add_argument("--beam-size", type=int, help="beam search width (default: greedy)")
+    parser.add_argument("--best-of", type=int, help="candidates when sampling with temperature > 0")
+    parser.add_argument("--word-timestamps", action="store_true", help="word-level timestamps")
+    parser.add_argument("--initial-prompt", help="text to condition the first window on")
+    parser.add_argument("--no-condition-on-previous-text", action="store_true",
+                        help="do not feed the previous window's text to the next")
+    return parser
+
+
+def build_tag_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whisper-at tag", description="Tag sound events without transcribing (faster)."
+    )
+    _common(parser)
+    parser.add_argument("--batch-size", type=int, default=8, help="30 s windows encoded together")
+    parser.add_argument(
+        "--output-format", type=_formats, default=["json", "tags"], help="comma list of json,tags"
+    )
+    return parser
+
+
+def _print_tags(tagging: TaggingResult, top_k: int, threshold: float) -> None:
+    for window in tagging.windows(top_k=top_k, threshold=threshold):
+        tags = ", ".join(f"{t.label} {t.probability:.2f}" for t in window.tags) or "-"
+        print(f"[{window.start:7.1f}s -> {window.end:7.1f}s] {tags}")
+
+
+def _list_models() -> None:
+    available = set(available_models())
+    for name in known_models():
+        print(f"{name:16s} {'available' if name in available else 'not on this machine'}")
+
+
+def _list_labels(model: WhisperAT | None) -> None:
+    labels = model.labels if model is not None and model.labels is not None else audioset_labels()
+    for i, name in enumerate(labels.names):
+        print(f"{i}\t{labels.ids[i]}\t{name}")
+
+
+def _transcribe_one(model: WhisperAT, path: str, args: argparse.Namespace) -> None:
+    options: dict[str, Any] = {
+        "task": args.task,
+        "temperature": args.temperature,
+        "word_timestamps": args.word_timestamps,
+        "condition_on_previous_text": not args.no_condition_on_previous_text,
+        "verbose": False if args.debug else None,
+    }
+    for key in ("language", "beam_size", "best_of", "initial_prompt"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    result = model.transcribe(path, at_time_res=args.at_time_res, tags_per_segment=args.top_k, **options)
+    for segment in result["segments"]:
+        print(f"[{segment['start']:7.1f}s -> {segment['end']:7.1f}s] {segment['text'].strip()}")
+    if result.get("audio_tag") is not None:
+        print("sound events:")
+        _print_tags(TaggingResult.from_result(result), args.top_k, args.threshold)
+    else:
+        print(f"(no tagging head is installed for {model.name}: no sound-event tags)")
+    _report_written(write_outputs(result, path, args.output_dir, args.output_format, args.top_k, args.threshold))
+
+
+def _tag_one(model: WhisperAT, path: str, args: argparse.Namespace) -> None:
+    tagging = model.tag(path, at_time_res=args.at_time_res, batch_size=args.batch_size, progress=True)
+    _print_tags(tagging, args.top_k, args.threshold)
+    result = tagging.to_result_fields()
+    _report_written(write_outputs(result, path, args.output_dir, args.output_format, args.top_k, args.threshold))
+
+
+def _report_written(paths: list[Path]) -> None:
+    for path in paths:
+        logger.info("wrote %s", path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tags_only = bool(argv) and argv[0] == "tag"
+    parser = build_tag_parser() if tags_only else build_parser()
+    args = parser.parse_args(argv[1:] if tags_only else argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    if args.list_models:
+        _list_models()
+        return 0
+    try:
+        head = None if args.head == "none" else args.head
+        if tags_only and head is None:
+            parser.error("tagging needs a head; --head none leaves nothing to do")
+        model = load_model(
+            args.model, device=args.device, head=head, at_low_compute=args.at_low_compute,
+            download_root=args.model_dir,
+        )
+    except (WeightsError, HeadError) as e:
+        print(f"whisper-at: error: {e}", file=sys.stderr)
+        return 2
+    if args.list_labels:
+        _list_labels(model)
+        return 0
+    if not args.audio:
+        parser.error("no audio files given")
+    if tags_only and model.head is None:
+        print(f"whisper-at: error: no tagging head is installed for {model.name}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in args.audio:
+        print(f"== {path}")
+        try:
+            (_tag_one if tags_only else _transcribe_one)(model, path, args)
+        except USER_ERRORS as e:
+            failed += 1
+            print(f"whisper-at: error: {path}: {e}", file=sys.stderr)
+        except Exception as e:  # keep going over the batch; the traceback is for --debug
+            failed += 1
+            print(f"whisper-at: unexpected error on {path}: {e!r}", file=sys.stderr)
+            if args.debug:
+                traceback.print_exc()
+    if failed:
+        print(f"whisper-at: {failed} of {len(args.audio)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

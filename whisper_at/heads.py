@@ -1,0 +1,234 @@
+"""Tagging heads over Whisper's per-layer pooled features, and their checkpoints.
+
+Every head maps features ``[batch, n_layer, time, d_model]`` (one tagging window of
+pooled 0.4 s frames from every encoder block) to class logits ``[batch, n_classes]``.
+TL-TR follows the Whisper-AT paper: one residual attention block over time shared
+by all layers, mean over time, one block over the layer axis, mean over layers,
+LayerNorm + Linear. There are no positional embeddings, so a window may hold any
+number of frames (the last, partial window of a file needs no padding).
+
+The blocks are openai-whisper's own ``ResidualAttentionBlock``, so the parameter
+names are those of the reference checkpoints and those load unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from whisper.model import ResidualAttentionBlock
+
+from .labels import LabelSet, audioset_labels
+
+HeadType = Literal["tl_tr", "tl_tr_low", "last_linear", "mean_linear", "wa_linear", "wa_tr"]
+HEAD_TYPES: tuple[str, ...] = HeadType.__args__  # type: ignore[attr-defined]
+_CONFIG_KEY = "whisper_at_head_config"
+
+
+class HeadError(ValueError):
+    """A head checkpoint that is missing, malformed, or made for another Whisper."""
+
+
+@dataclass
+class HeadConfig:
+    """Everything needed to rebuild a head and to know what its outputs mean.
+
+    Stored as JSON in the safetensors metadata of every head checkpoint.
+    """
+
+    head_type: HeadType
+    n_layer: int  # encoder blocks of the Whisper model the head reads
+    d_model: int  # width of that encoder
+    label_names: list[str]
+    label_ids: list[str]
+    proj_dim: int | None = None  # TL-TR-low-dim width (512 in the paper)
+    time_heads: int = 1
+    layer_heads: int = 8
+    whisper_name: str = ""
+    whisper_sha256: str = ""  # the Whisper weights the features came from
+    trained_classes: list[int] | None = None  # classes with training data; None = all
+    window_seconds: float = 10.0  # tagging window the head was trained on
+    encoder_input_seconds: float = 30.0  # 10.0 when the encoder input was trimmed
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.head_type not in HEAD_TYPES:
+            raise HeadError(f"unknown head type {self.head_type!r}; expected one of {HEAD_TYPES}")
+        if self.head_type == "tl_tr_low" and not self.proj_dim:
+            raise HeadError("tl_tr_low needs proj_dim")
+        if len(self.label_names) != len(self.label_ids):
+            raise HeadError("label_names and label_ids differ in length")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def labels(self) -> LabelSet:
+        return LabelSet(names=tuple(self.label_names), ids=tuple(self.label_ids))
+
+    @property
+    def reported_classes(self) -> list[int]:
+        """Indices of the classes this head may report (those it was trained on)."""
+        if self.trained_classes is None:
+            return list(range(self.n_classes))
+        return sorted(self.trained_classes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> HeadConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise HeadError(f"head config has unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def _norm_linear(d_in: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_out))
+
+
+class TaggingHead(nn.Module):
+    """One module for every head type; ``config.head_type`` picks the computation."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        kind, d = config.head_type, config.d_model
+        width = d
+        if kind == "tl_tr_low":
+            width = config.proj_dim or d
+            self.down_layer = _norm_linear(d, width)
+        if kind in ("tl_tr", "tl_tr_low", "wa_tr"):
+            self.time_tr = ResidualAttentionBlock(width, config.time_heads)
+        if kind in ("tl_tr", "tl_tr_low"):
+            self.layer_tr = ResidualAttentionBlock(width, config.layer_heads)
+        if kind in ("wa_linear", "wa_tr"):
+            self.layer_weight = nn.Parameter(torch.zeros(config.n_layer))
+        self.mlp_layer = _norm_linear(width, config.n_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features ``[batch, n_layer, time, d_model]`` -> logits ``[batch, n_classes]``."""
+        if features.dim() != 4 or features.shape[1] != self.config.n_layer:
+            raise ValueError(
+                f"expected features [batch, {self.config.n_layer}, time, {self.config.d_model}], "
+                f"got {list(features.shape)}"
+            )
+        x = features.float()
+        kind = self.config.head_type
+        if kind == "last_linear":
+            pooled = x[:, -1].mean(dim=1)
+        elif kind == "mean_linear":
+            pooled = x.mean(dim=(1, 2))
+        elif kind in ("wa_linear", "wa_tr"):
+            weights = torch.softmax(self.layer_weight, dim=0)
+            mixed = torch.einsum("l,bltd->btd", weights, x)
+            pooled = (self.time_tr(mixed) if kind == "wa_tr" else mixed).mean(dim=1)
+        else:
+            batch, n_layer, time, _ = x.shape
+            if kind == "tl_tr_low":
+                x = self.down_layer(x)
+            per_layer = self.time_tr(x.reshape(batch * n_layer, time, -1)).mean(dim=1)
+            pooled = self.layer_tr(per_layer.reshape(batch, n_layer, -1)).mean(dim=1)
+        return self.mlp_layer(pooled)
+
+
+def save_head(head: TaggingHead, path: str | os.PathLike) -> None:
+    """Write weights and config to one safetensors file (no pickle)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    save_file(tensors, str(path), metadata={_CONFIG_KEY: head.config.to_json()})
+
+
+def load_head(path: str | os.PathLike, device: str | torch.device = "cpu") -> TaggingHead:
+    """Read a head saved by :func:`save_head`; raises :class:`HeadError` with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadError(f"head checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a bad header
+        raise HeadError(f"{path} is not a readable safetensors head checkpoint: {e}") from e
+    if _CONFIG_KEY not in metadata:
+        raise HeadError(f"{path} has no whisper-at head config in its metadata")
+    head = TaggingHead(HeadConfig.from_json(metadata[_CONFIG_KEY]))
+    _load_state(head, tensors, str(path))
+    return head.to(device).eval()
+
+
+def _load_state(head: TaggingHead, tensors: dict[str, torch.Tensor], origin: str) -> None:
+    try:
+        head.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise HeadError(f"{origin} does not match its head config: {e}") from e
+
+
+def import_reference_head(
+    path: str | os.PathLike,
+    n_layer: int,
+    whisper_name: str = "",
+    whisper_sha256: str = "",
+) -> TaggingHead:
+    """Load an original Whisper-AT checkpoint (``<size>_ori.pth`` / ``<size>_low.pth``).
+
+    Those hold ``at_model.*`` tensors in a plain torch pickle; it is read with
+    ``weights_only=True`` so no pickled code runs. They were trained on 10 s
+    windows with the encoder input trimmed to 10 s, which the config records.
+    """
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise HeadError(f"reference head not found: {path}") from e
+    except Exception as e:
+        raise HeadError(f"{path} is not a loadable weights-only torch checkpoint: {e}") from e
+    if isinstance(raw, dict) and "state_dict" in raw:
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict):
+        raise HeadError(f"{path} does not hold a state dict")
+    return head_from_reference_state(raw, n_layer, whisper_name, whisper_sha256, str(path))
+
+
+def head_from_reference_state(
+    state: dict[str, torch.Tensor],
+    n_layer: int,
+    whisper_name: str = "",
+    whisper_sha256: str = "",
+    origin: str = "reference state dict",
+) -> TaggingHead:
+    """Build a TL-TR head from reference ``at_model.*`` tensors, inferring its shape."""
+    prefix = "at_model."
+    tensors = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if "mlp_layer.1.weight" not in tensors:
+        raise HeadError(f"{origin} is not a Whisper-AT head: no at_model.mlp_layer.1.weight")
+    n_classes, width = tensors["mlp_layer.1.weight"].shape
+    low = "down_layer.1.weight" in tensors
+    d_model = tensors["down_layer.1.weight"].shape[1] if low else width
+    labels = audioset_labels()
+    if n_classes != len(labels):
+        raise HeadError(f"{origin} has {n_classes} outputs; reference heads have {len(labels)}")
+    config = HeadConfig(
+        head_type="tl_tr_low" if low else "tl_tr",
+        n_layer=n_layer,
+        d_model=d_model,
+        proj_dim=width if low else None,
+        label_names=list(labels.names),
+        label_ids=list(labels.ids),
+        whisper_name=whisper_name,
+        whisper_sha256=whisper_sha256,
+        window_seconds=10.0,
+        encoder_input_seconds=10.0,
+    )
+    head = TaggingHead(config)
+    _load_state(head, tensors, origin)
+    return head.eval()

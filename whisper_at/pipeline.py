@@ -1,0 +1,260 @@
+"""The object users hold: a frozen Whisper, its feature tap and a tagging head.
+
+``transcribe`` runs openai-whisper's own ``transcribe`` unchanged, so transcripts
+are exactly openai-whisper's; the tap catches every encoder pass it makes and
+the head tags from those same passes. ``tag`` skips decoding: it streams the
+audio in 30 s windows, encodes them in batches and only runs the head.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import whisper
+from tqdm import tqdm
+from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
+
+from .audio import SAMPLE_RATE, load_audio, stream_audio
+from .heads import HeadError, TaggingHead, load_head
+from .labels import LabelSet
+from .tagging import TagAccumulator, TaggingResult
+from .tap import EncoderPass, install_tap
+from .weights import LoadedWhisper, load_whisper
+
+logger = logging.getLogger("whisper_at")
+
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+
+
+def shipped_head_path(whisper_name: str, low_compute: bool = False) -> Path | None:
+    """The head bundled in the package for a Whisper model, if one ships."""
+    suffix = "tl_tr_low" if low_compute else "tl_tr"
+    path = resources.files("whisper_at") / "assets" / "heads" / f"{whisper_name}.{suffix}.safetensors"
+    return Path(str(path)) if path.is_file() else None
+
+
+class WhisperAT:
+    """A Whisper model whose encoder passes also feed a sound-event tagging head."""
+
+    def __init__(self, loaded: LoadedWhisper, head: TaggingHead | None) -> None:
+        self.loaded = loaded
+        self.whisper = loaded.model
+        self.tap = install_tap(self.whisper)
+        self.head = head
+        if head is not None:
+            self._check_head(head)
+            self.head = head.to(self.device).eval()
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.whisper.device
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def labels(self) -> LabelSet | None:
+        return self.head.config.labels if self.head is not None else None
+
+    def _check_head(self, head: TaggingHead) -> None:
+        dims, cfg = self.whisper.dims, head.config
+        if (cfg.n_layer, cfg.d_model) != (dims.n_audio_layer, dims.n_audio_state):
+            raise HeadError(
+                f"the head reads {cfg.n_layer} layers of width {cfg.d_model} "
+                f"(Whisper {cfg.whisper_name or '?'}), but {self.name} has "
+                f"{dims.n_audio_layer} layers of width {dims.n_audio_state}"
+            )
+        if cfg.whisper_sha256 and cfg.whisper_sha256 != self.loaded.sha256:
+            logger.warning(
+                "the head was trained on other weights (%s) than %s; tags may be off",
+                cfg.whisper_name or cfg.whisper_sha256[:12],
+                self.name,
+            )
+        if cfg.encoder_input_seconds != 30.0:
+            logger.warning(
+                "the head was trained on a %.0f s encoder input; here the encoder sees "
+                "30 s windows as decoding needs (as in the reference package)",
+                cfg.encoder_input_seconds,
+            )
+
+    def _require_head(self) -> TaggingHead:
+        if self.head is None:
+            raise HeadError(
+                f"no tagging head is installed for {self.name}; load one with "
+                "load_model(..., head=PATH) or train one (whisper-at train)"
+            )
+        return self.head
+
+    def _tagging_result(self, logits: torch.Tensor, at_time_res: float, duration: float):
+        head = self._require_head()
+        return TaggingResult(
+            logits=logits,
+            at_time_res=at_time_res,
+            duration=duration,
+            labels=head.config.labels,
+            reported_classes=head.config.reported_classes,
+        )
+
+    def transcribe(
+        self,
+        audio: AudioInput,
+        at_time_res: float = 10.0,
+        *,
+        tags_per_segment: int = 5,
+        **whisper_options: Any,
+    ) -> dict[str, Any]:
+        """openai-whisper's transcription plus ``audio_tag`` logits per ``at_time_res`` window.
+
+        ``whisper_options`` go unchanged to ``whisper.transcribe`` (language, task,
+        temperature, beam_size, word_timestamps, ...). The result also holds
+        ``at_time_res``, the label names, and per segment its top ``audio_tags``.
+        Without a head the result is openai-whisper's alone.
+        """
+        samples = load_audio(audio)
+        whisper_options.setdefault("fp16", self.device.type == "cuda")
+        whisper_options.setdefault("verbose", None)
+        if self.head is None:
+            logger.warning("no tagging head is installed for %s: transcribing only", self.name)
+            try:
+                return whisper.transcribe(self.whisper, samples, **whisper_options)
+            finally:
+                self.tap.forget()
+
+        accumulator = TagAccumulator(self.head, at_time_res)
+        locator = _WindowLocator(samples, self.whisper.dims.n_mels)
+        self.tap.listener = lambda encoder_pass: _feed(accumulator, locator, encoder_pass)
+        try:
+            result = whisper.transcribe(self.whisper, samples, **whisper_options)
+        finally:
+            self.tap.listener = None
+            self.tap.forget()
+        tagging = self._tagging_result(
+            accumulator.finish(), at_time_res, len(samples) / SAMPLE_RATE
+        )
+        result.update(tagging.to_result_fields())
+        for segment in result["segments"]:
+            segment["audio_tags"] = [
+                {"label": t.label, "index": t.index, "probability": round(t.probability, 4)}
+                for t in tagging.span_tags(segment["start"], segment["end"], tags_per_segment)
+            ]
+        return result
+
+    def tag(
+        self, audio: AudioInput, at_time_res: float = 10.0, batch_size: int = 8, progress: bool = False
+    ) -> TaggingResult:
+        """Tags only: no decoding. Streams the audio, so memory does not grow with its length."""
+        head = self._require_head()
+        accumulator = TagAccumulator(head, at_time_res)
+        n_samples = 0
+        n_mels = self.whisper.dims.n_mels
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        bar = tqdm(unit="s", disable=not progress, desc="tagging")
+        try:
+            for batch in _batches(stream_audio(audio, chunk_samples=N_SAMPLES), batch_size):
+                mels = torch.stack(
+                    [log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk)) for chunk in batch]
+                )[..., :N_FRAMES]
+                with torch.inference_mode():
+                    self.tap(mels.to(self.device, dtype))
+                layers = self.tap.last_pass.layers
+                for i, chunk in enumerate(batch):
+                    accumulator.add_pass(layers[i], n_samples // HOP_LENGTH, len(chunk) // HOP_LENGTH)
+                    n_samples += len(chunk)
+                bar.update(sum(len(c) for c in batch) / SAMPLE_RATE)
+        finally:
+            bar.close()
+            self.tap.forget()
+        return self._tagging_result(accumulator.finish(), at_time_res, n_samples / SAMPLE_RATE)
+
+
+def _batches(chunks: Iterator[np.ndarray], size: int) -> Iterator[list[torch.Tensor]]:
+    batch: list[torch.Tensor] = []
+    for chunk in chunks:
+        batch.append(torch.from_numpy(np.ascontiguousarray(chunk)))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _WindowLocator:
+    """Finds where a 30 s window that openai-whisper encoded starts in the file.
+
+    openai-whisper slices its windows from a log-mel of the whole file, at offsets
+    that depend on what was decoded; the encoder only sees the slice. The same
+    log-mel computed here lets each slice be placed exactly by its content. Equal
+    slices at two offsets give equal encoder outputs, so the first match is right.
+    """
+
+    def __init__(self, samples: np.ndarray, n_mels: int) -> None:
+        self.mel = log_mel_spectrogram(samples, n_mels, padding=N_SAMPLES)
+        self.content_frames = self.mel.shape[-1] - N_FRAMES
+        self._next = 0
+
+    def locate(self, window: torch.Tensor) -> int | None:
+        """Start (mel frames) of ``window`` ``[n_mels, N_FRAMES]``, searching forward."""
+        n_candidates = min(2 * N_FRAMES, self.mel.shape[-1] - N_FRAMES - self._next + 1)
+        if n_candidates <= 0:
+            return None
+        region = self.mel[:, self._next : self._next + n_candidates + N_FRAMES - 1]
+        region = region.to(window.device, window.dtype)
+        matches = torch.ones(n_candidates, dtype=torch.bool, device=window.device)
+        for probe in self._PROBE_COLUMNS:
+            column = region[:, probe : probe + n_candidates]
+            matches &= (column == window[:, probe : probe + 1]).all(dim=0)
+        for offset in torch.nonzero(matches).flatten().tolist():
+            if torch.equal(region[:, offset : offset + N_FRAMES], window):
+                self._next += offset
+                return self._next
+        return None
+
+    _PROBE_COLUMNS = (0, N_FRAMES // 3, 2 * N_FRAMES // 3, N_FRAMES - 1)
+
+
+def _feed(accumulator: TagAccumulator, locator: _WindowLocator, encoder_pass: EncoderPass) -> None:
+    for mel, layers in zip(encoder_pass.mel, encoder_pass.layers, strict=True):
+        seek = locator.locate(mel)
+        if seek is None:
+            logger.warning("could not place an encoder window in the audio; it is not tagged")
+            continue
+        accumulator.add_pass(layers, seek, min(N_FRAMES, locator.content_frames - seek))
+
+
+def load_model(
+    name: str | os.PathLike = "tiny.en",
+    device: str | torch.device | None = None,
+    head: str | os.PathLike | TaggingHead | None = "default",
+    at_low_compute: bool = False,
+    download_root: str | None = None,
+) -> WhisperAT:
+    """Load Whisper weights (a name or a local path) and a tagging head.
+
+    head: "default" uses the head shipped for this model if there is one (TL-TR, or
+    TL-TR-low-dim with ``at_low_compute``); a path loads a head checkpoint; None
+    loads no head. Without a head the model transcribes and says it cannot tag.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_whisper(name, device=device, download_root=download_root)
+    if isinstance(head, str) and head == "default":
+        path = shipped_head_path(loaded.name, at_low_compute)
+        if path is None:
+            logger.warning(
+                "no tagging head is installed for %s; it will transcribe without tags", loaded.name
+            )
+        head = load_head(path) if path is not None else None
+    elif head is not None and not isinstance(head, TaggingHead):
+        head = load_head(head)
+    return WhisperAT(loaded, head)

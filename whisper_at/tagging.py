@@ -1,0 +1,267 @@
+"""From encoder passes to time-aligned tags.
+
+Whisper's encoder gives one frame per 20 ms; the paper mean-pools 20 of them into
+0.4 s frames ("bins"). Here bins sit on an absolute grid (bin ``b`` covers
+``[0.4 b, 0.4 b + 0.4)`` seconds of the file), whatever offsets the decoder's 30 s
+windows happen to start at, so tags line up with the audio and not with the
+decoder's seek. Each 20 ms frame is taken from the first pass that covered it,
+which is also what lets a bin span two decoder windows.
+
+Tagging windows of ``at_time_res`` seconds group consecutive bins; a window is
+handed to the head as soon as all its bins are complete, so long audio needs
+only the bins of the window in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .labels import LabelSet, audioset_labels, translated_names
+
+logger = logging.getLogger("whisper_at")
+
+MEL_FRAMES_PER_SECOND = 100  # Whisper's log-mel hop: 10 ms
+MEL_FRAMES_PER_ENCODER_FRAME = 2  # conv2 has stride 2
+ENCODER_FRAMES_PER_BIN = 20  # the paper's 20x mean pooling
+MEL_FRAMES_PER_BIN = MEL_FRAMES_PER_ENCODER_FRAME * ENCODER_FRAMES_PER_BIN
+BIN_SECONDS = MEL_FRAMES_PER_BIN / MEL_FRAMES_PER_SECOND  # 0.4 s
+
+
+def bins_per_window(at_time_res: float) -> int:
+    """Validate a tagging resolution (a positive multiple of 0.4 s) and return its bin count."""
+    n = round(at_time_res / BIN_SECONDS)
+    if n < 1 or not math.isclose(n * BIN_SECONDS, at_time_res, abs_tol=1e-6):
+        raise ValueError(
+            f"at_time_res must be a positive multiple of {BIN_SECONDS} s "
+            f"(0.4, 0.8, ..., 10.0); got {at_time_res}"
+        )
+    return n
+
+
+class TagAccumulator:
+    """Collects encoder passes for one audio stream and runs the head window by window."""
+
+    def __init__(self, head: Callable[[torch.Tensor], torch.Tensor], at_time_res: float) -> None:
+        self.head = head  # features [n, n_layer, time, d] -> logits [n, n_classes]
+        self.at_time_res = at_time_res
+        self.window_bins = bins_per_window(at_time_res)
+        self._covered = 0  # absolute encoder frames [0, covered) already taken
+        self._first_bin = 0  # absolute index of _sums[0]
+        self._sums: torch.Tensor | None = None  # [pending bins, n_layer, d] running sums
+        self._counts: torch.Tensor | None = None  # [pending bins] frames summed per bin
+        self._logits: list[torch.Tensor] = []
+
+    def add_pass(self, layers: torch.Tensor, seek: int, valid_mel_frames: int) -> None:
+        """Take the frames of one window not covered yet.
+
+        layers: ``[n_layer, encoder_frames, d]`` for one window; seek: the window's
+        start in mel frames; valid_mel_frames: how many of its mel frames are audio
+        (the rest is padding).
+        """
+        start = seek // MEL_FRAMES_PER_ENCODER_FRAME
+        n_valid = math.ceil(valid_mel_frames / MEL_FRAMES_PER_ENCODER_FRAME)
+        if start > self._covered:
+            logger.warning(
+                "encoder windows left a gap at %.2f s; those frames are not tagged",
+                self._covered * MEL_FRAMES_PER_ENCODER_FRAME / MEL_FRAMES_PER_SECOND,
+            )
+            self._covered = start
+        skip = self._covered - start
+        if skip >= n_valid:
+            return
+        frames = layers[:, skip:n_valid].transpose(0, 1).float()  # [n, n_layer, d]
+        absolute = torch.arange(self._covered, start + n_valid, device=frames.device)
+        bins = absolute // ENCODER_FRAMES_PER_BIN
+        self._grow(int(bins[-1]) + 1, frames)
+        local = bins - self._first_bin
+        self._sums.index_add_(0, local, frames)
+        self._counts.index_add_(0, local, torch.ones_like(local, dtype=self._counts.dtype))
+        self._covered = start + n_valid
+        self._emit(complete_bins=self._covered // ENCODER_FRAMES_PER_BIN)
+
+    def finish(self) -> torch.Tensor:
+        """Tag the remaining (last, possibly partial) window; logits ``[n_windows, n_classes]``."""
+        self._emit(complete_bins=self._first_bin + self._pending_bins(), final=True)
+        if not self._logits:
+            raise ValueError("no audio frames reached the tagger")
+        return torch.cat(self._logits).float().cpu()
+
+    def _pending_bins(self) -> int:
+        return 0 if self._counts is None else int(self._counts.shape[0])
+
+    def _grow(self, end_bin: int, like: torch.Tensor) -> None:
+        n_layer, d = like.shape[1], like.shape[2]
+        needed = end_bin - self._first_bin - self._pending_bins()
+        if needed <= 0:
+            return
+        more_sums = like.new_zeros(needed, n_layer, d)
+        more_counts = like.new_zeros(needed)
+        if self._sums is None:
+            self._sums, self._counts = more_sums, more_counts
+        else:
+            self._sums = torch.cat([self._sums, more_sums])
+            self._counts = torch.cat([self._counts, more_counts])
+
+    def _emit(self, complete_bins: int, final: bool = False) -> None:
+        """Run the head on every window whose bins are all complete."""
+        k = self.window_bins
+        ready = (complete_bins - self._first_bin) // k
+        if final and self._pending_bins() > ready * k:
+            ready += 1  # the last window of the file, possibly shorter
+        if ready == 0 or self._sums is None:
+            return
+        n_bins = min(ready * k, self._pending_bins())
+        pooled = self._sums[:n_bins] / self._counts[:n_bins].clamp(min=1)[:, None, None]
+        full = n_bins // k
+        with torch.inference_mode():
+            if full:
+                windows = pooled[: full * k].reshape(full, k, *pooled.shape[1:])
+                self._logits.append(self.head(windows.transpose(1, 2)))
+            if n_bins > full * k:
+                self._logits.append(self.head(pooled[full * k :].transpose(0, 1)[None]))
+        self._sums, self._counts = self._sums[n_bins:], self._counts[n_bins:]
+        self._first_bin += n_bins
+
+
+@dataclass(frozen=True)
+class Tag:
+    label: str
+    index: int
+    probability: float
+    logit: float
+
+
+@dataclass(frozen=True)
+class TagWindow:
+    start: float
+    end: float
+    tags: list[Tag]
+
+
+@dataclass
+class TaggingResult:
+    """Window logits of one audio stream, with what is needed to read them."""
+
+    logits: torch.Tensor  # [n_windows, n_classes]
+    at_time_res: float
+    duration: float
+    labels: LabelSet
+    reported_classes: list[int]
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    def window_bounds(self, i: int) -> tuple[float, float]:
+        return i * self.at_time_res, min((i + 1) * self.at_time_res, self.duration)
+
+    def windows(
+        self, top_k: int = 5, threshold: float = 0.0, names: Sequence[str] | None = None
+    ) -> list[TagWindow]:
+        """Per window, up to ``top_k`` reported classes with probability >= ``threshold``."""
+        return [
+            TagWindow(*self.window_bounds(i), tags=self._top(self.logits[i], top_k, threshold, names))
+            for i in range(self.logits.shape[0])
+        ]
+
+    def span_tags(
+        self, start: float, end: float, top_k: int = 5, threshold: float = 0.0
+    ) -> list[Tag]:
+        """Tags for a time span (an ASR segment): max over the windows it overlaps."""
+        first = int(start // self.at_time_res)
+        last = max(first, math.ceil(end / self.at_time_res) - 1)
+        rows = self.logits[first : last + 1]
+        if rows.shape[0] == 0:
+            return []
+        return self._top(rows.max(dim=0).values, top_k, threshold, None)
+
+    def _top(
+        self, logits: torch.Tensor, top_k: int, threshold: float, names: Sequence[str] | None
+    ) -> list[Tag]:
+        names = names or self.labels.names
+        candidates = torch.tensor(self.reported_classes, dtype=torch.long)
+        scores = logits[candidates]
+        order = torch.argsort(scores, descending=True)[:top_k]
+        tags = []
+        for j in order.tolist():
+            index = int(candidates[j])
+            logit = float(scores[j])
+            probability = 1.0 / (1.0 + math.exp(-logit))
+            if probability >= threshold:
+                tags.append(Tag(names[index], index, probability, logit))
+        return tags
+
+    def to_result_fields(self) -> dict[str, Any]:
+        """The keys a transcription result dict carries (reference-compatible names)."""
+        return {
+            "audio_tag": self.logits,
+            "at_time_res": self.at_time_res,
+            "audio_tag_labels": list(self.labels.names),
+            "audio_tag_label_ids": list(self.labels.ids),
+            "audio_tag_classes": list(self.reported_classes),
+            "duration": self.duration,
+        }
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> TaggingResult:
+        if result.get("audio_tag") is None:
+            raise ValueError(
+                "this result has no audio tags (no tagging head was installed for the model)"
+            )
+        logits = torch.as_tensor(result["audio_tag"]).float()
+        names = result.get("audio_tag_labels")
+        labels = (
+            LabelSet(tuple(names), tuple(result.get("audio_tag_label_ids") or names))
+            if names
+            else audioset_labels()
+        )
+        res = float(result["at_time_res"])
+        return cls(
+            logits=logits,
+            at_time_res=res,
+            duration=float(result.get("duration", logits.shape[0] * res)),
+            labels=labels,
+            reported_classes=list(result.get("audio_tag_classes") or range(len(labels))),
+        )
+
+
+def parse_at_label(
+    result: dict[str, Any],
+    language: str = "follow_asr",
+    top_k: int = 5,
+    p_threshold: float = -1,
+    include_class_list: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Reference-compatible reading of a transcription result.
+
+    Returns ``[{'time': {'start', 'end'}, 'audio tags': [(name, logit), ...]}]`` with
+    up to ``top_k`` classes per window whose logit exceeds ``p_threshold`` (a logit,
+    as in the reference: -1 is probability 0.27). Names follow the ASR language when
+    a translation exists, else English. ``include_class_list`` restricts the classes
+    (default: those the head was trained on).
+    """
+    tagging = TaggingResult.from_result(result)
+    if include_class_list is not None:
+        tagging.reported_classes = [
+            c for c in tagging.reported_classes if c in set(include_class_list)
+        ]
+    names: Sequence[str] | None = None
+    if tagging.labels.is_audioset:
+        code = result.get("language", "en") if language == "follow_asr" else language
+        names = translated_names(code or "en")
+        if names is None:
+            logger.warning("no %r translation of the label names; using English", code)
+    threshold = 1.0 / (1.0 + math.exp(-p_threshold))
+    return [
+        {
+            "time": {"start": window.start, "end": window.end},
+            "audio tags": [(tag.label, tag.logit) for tag in window.tags if tag.logit > p_threshold],
+        }
+        for window in tagging.windows(top_k=top_k, threshold=threshold, names=names)
+    ]

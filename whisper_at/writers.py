@@ -1,0 +1,79 @@
+"""Output files: openai-whisper's own writers for the transcript, ours for the tags."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from whisper.utils import get_writer
+
+from .tagging import TaggingResult
+
+TRANSCRIPT_FORMATS = ("txt", "srt", "vtt", "tsv")
+OUTPUT_FORMATS = (*TRANSCRIPT_FORMATS, "json", "tags")
+
+
+def tag_windows_json(tagging: TaggingResult, top_k: int, threshold: float) -> list[dict[str, Any]]:
+    return [asdict(window) for window in tagging.windows(top_k=top_k, threshold=threshold)]
+
+
+def json_ready(result: dict[str, Any], top_k: int = 5, threshold: float = 0.0) -> dict[str, Any]:
+    """A transcription result with tensors turned into lists and readable tag windows added."""
+    ready = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+    if result.get("audio_tag") is not None:
+        tagging = TaggingResult.from_result(result)
+        ready["audio_tag"] = [[round(x, 4) for x in row] for row in tagging.logits.tolist()]
+        ready["tags"] = tag_windows_json(tagging, top_k, threshold)
+    return ready
+
+
+def write_tags_tsv(tagging: TaggingResult, path: Path, top_k: int, threshold: float) -> None:
+    """One row per (window, tag): start and end in seconds, label, probability, logit."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["start", "end", "label", "probability", "logit"])
+        for window in tagging.windows(top_k=top_k, threshold=threshold):
+            for tag in window.tags:
+                writer.writerow(
+                    [
+                        f"{window.start:.1f}",
+                        f"{window.end:.1f}",
+                        tag.label,
+                        f"{tag.probability:.4f}",
+                        f"{tag.logit:.4f}",
+                    ]
+                )
+
+
+def write_outputs(
+    result: dict[str, Any],
+    audio_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    formats: list[str],
+    top_k: int = 5,
+    threshold: float = 0.0,
+) -> list[Path]:
+    """Write the chosen formats next to each other as ``<audio stem>.<ext>``; returns the paths."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(audio_path).stem
+    written = []
+    for fmt in formats:
+        if fmt in TRANSCRIPT_FORMATS and "segments" in result:
+            get_writer(fmt, str(out))(result, str(audio_path))
+            written.append(out / f"{stem}.{fmt}")
+        elif fmt == "json":
+            path = out / f"{stem}.json"
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(json_ready(result, top_k, threshold), f, ensure_ascii=False, indent=1)
+            written.append(path)
+        elif fmt == "tags" and result.get("audio_tag") is not None:
+            path = out / f"{stem}.tags.tsv"
+            write_tags_tsv(TaggingResult.from_result(result), path, top_k, threshold)
+            written.append(path)
+    return written
