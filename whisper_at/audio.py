@@ -46,8 +46,7 @@ def load_audio(
     array and defaults to 16000; files carry their own rate. ``format`` forces an
     FFmpeg demuxer for headerless files, e.g. ``"g722"``.
     """
-    pieces = list(_pipeline(source, sample_rate, format))
-    return np.concatenate(pieces)
+    return np.concatenate(list(_pipeline(source, sample_rate, format)))
 
 
 def stream_audio(
@@ -59,7 +58,7 @@ def stream_audio(
 ) -> Iterator[np.ndarray]:
     """Yield consecutive chunks of ``chunk_samples`` (the last may be shorter).
 
-    Files are decoded incrementally, so memory stays bounded by about one chunk
+    Files are decoded incrementally, so memory stays bounded by a few chunks
     however long the recording is. Same conventions as :func:`load_audio`; the
     source is checked before the first chunk is asked for.
     """
@@ -75,7 +74,7 @@ def audio_duration(
     if not _is_path(source):
         samples, rate = _check_array(source, sample_rate, format)
         return samples.shape[-1] / rate
-    name = _name(source)
+    name = os.fspath(source)
     container, stream = _open(source, sample_rate, format)
     with container:
         declared = _declared_duration(stream)
@@ -92,7 +91,7 @@ def audio_duration(
 def _pipeline(source: Source, sample_rate: int | None, format: str | None) -> Iterator[np.ndarray]:
     """Validate/open the source now, and return a lazy iterator of 16 kHz mono pieces."""
     if _is_path(source):
-        name = _name(source)
+        name = os.fspath(source)
         container, stream = _open(source, sample_rate, format)
         blocks = _decode(container, stream, name)
     else:
@@ -110,7 +109,9 @@ def _resample(blocks: Iterable[tuple[np.ndarray, int]]) -> Iterator[np.ndarray]:
         if block_rate != rate:  # rate changes mid-stream happen in some broadcast streams
             yield from _flush(resampler)
             rate = block_rate
-            resampler = None if rate == SAMPLE_RATE else _new_resampler()
+            resampler = None
+            if rate != SAMPLE_RATE:
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         if resampler is None:
             yield np.clip(block, -1.0, 1.0)
             continue
@@ -119,10 +120,6 @@ def _resample(blocks: Iterable[tuple[np.ndarray, int]]) -> Iterator[np.ndarray]:
         for out in resampler.resample(frame):
             yield np.clip(out.to_ndarray()[0], -1.0, 1.0)
     yield from _flush(resampler)
-
-
-def _new_resampler() -> av.AudioResampler:
-    return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
 
 
 def _flush(resampler: av.AudioResampler | None) -> Iterator[np.ndarray]:
@@ -188,15 +185,11 @@ def _is_path(source: object) -> bool:
     return isinstance(source, (str, os.PathLike))
 
 
-def _name(source: str | os.PathLike) -> str:
-    return os.fspath(source)
-
-
 def _open(
     source: str | os.PathLike, sample_rate: int | None, format: str | None
 ) -> tuple[av.container.InputContainer, av.audio.stream.AudioStream]:
     """Open a file's first audio stream, turning every failure into a clear AudioError."""
-    name = _name(source)
+    name = os.fspath(source)
     if sample_rate is not None:
         raise AudioError(f"{name}: sample_rate applies to arrays only; files carry their own")
     path = Path(source)

@@ -36,7 +36,9 @@ AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 def shipped_head_path(whisper_name: str, low_compute: bool = False) -> Path | None:
     """The head bundled in the package for a Whisper model, if one ships."""
     suffix = "tl_tr_low" if low_compute else "tl_tr"
-    path = resources.files("whisper_at") / "assets" / "heads" / f"{whisper_name}.{suffix}.safetensors"
+    path = (
+        resources.files("whisper_at") / "assets" / "heads" / f"{whisper_name}.{suffix}.safetensors"
+    )
     return Path(str(path)) if path.is_file() else None
 
 
@@ -152,7 +154,11 @@ class WhisperAT:
         return result
 
     def tag(
-        self, audio: AudioInput, at_time_res: float = 10.0, batch_size: int = 8, progress: bool = False
+        self,
+        audio: AudioInput,
+        at_time_res: float = 10.0,
+        batch_size: int = 8,
+        progress: bool = False,
     ) -> TaggingResult:
         """Tags only: no decoding. Streams the audio, so memory does not grow with its length."""
         head = self._require_head()
@@ -164,13 +170,18 @@ class WhisperAT:
         try:
             for batch in _batches(stream_audio(audio, chunk_samples=N_SAMPLES), batch_size):
                 mels = torch.stack(
-                    [log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk)) for chunk in batch]
+                    [
+                        log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk))
+                        for chunk in batch
+                    ]
                 )[..., :N_FRAMES]
                 with torch.inference_mode():
                     self.tap(mels.to(self.device, dtype))
                 layers = self.tap.last_pass.layers
                 for i, chunk in enumerate(batch):
-                    accumulator.add_pass(layers[i], n_samples // HOP_LENGTH, len(chunk) // HOP_LENGTH)
+                    accumulator.add_pass(
+                        layers[i], n_samples // HOP_LENGTH, len(chunk) // HOP_LENGTH
+                    )
                     n_samples += len(chunk)
                 bar.update(sum(len(c) for c in batch) / SAMPLE_RATE)
         finally:
@@ -194,34 +205,54 @@ class _WindowLocator:
     """Finds where a 30 s window that openai-whisper encoded starts in the file.
 
     openai-whisper slices its windows from a log-mel of the whole file, at offsets
-    that depend on what was decoded; the encoder only sees the slice. The same
-    log-mel computed here lets each slice be placed exactly by its content. Equal
-    slices at two offsets give equal encoder outputs, so the first match is right.
+    that depend on what was decoded (the last one zero-padded); the encoder only
+    sees the slice. The same log-mel computed here places each slice by its content.
+    Whisper's windows move forward and leave no gap, so the next one starts after
+    the last start and no later than the covered end. Where content repeats exactly
+    (digital silence, loops) several starts match; they give the same encoder
+    output, and the latest one covers the most audio.
     """
+
+    _PROBES = 8  # leading columns compared for every candidate before a full comparison
 
     def __init__(self, samples: np.ndarray, n_mels: int) -> None:
         self.mel = log_mel_spectrogram(samples, n_mels, padding=N_SAMPLES)
         self.content_frames = self.mel.shape[-1] - N_FRAMES
-        self._next = 0
+        self._last_seek = -1
+        self._covered = 0
+
+    def valid_frames(self, seek: int) -> int:
+        return min(N_FRAMES, self.content_frames - seek)
 
     def locate(self, window: torch.Tensor) -> int | None:
-        """Start (mel frames) of ``window`` ``[n_mels, N_FRAMES]``, searching forward."""
-        n_candidates = min(2 * N_FRAMES, self.mel.shape[-1] - N_FRAMES - self._next + 1)
-        if n_candidates <= 0:
-            return None
-        region = self.mel[:, self._next : self._next + n_candidates + N_FRAMES - 1]
-        region = region.to(window.device, window.dtype)
-        matches = torch.ones(n_candidates, dtype=torch.bool, device=window.device)
-        for probe in self._PROBE_COLUMNS:
-            column = region[:, probe : probe + n_candidates]
-            matches &= (column == window[:, probe : probe + 1]).all(dim=0)
-        for offset in torch.nonzero(matches).flatten().tolist():
-            if torch.equal(region[:, offset : offset + N_FRAMES], window):
-                self._next += offset
-                return self._next
-        return None
+        """Start (mel frames) of ``window`` ``[n_mels, N_FRAMES]``, or None if not found."""
+        window = window.float().cpu()
+        seek = self._search(window, self._last_seek + 1, self._covered + 1, latest=True)
+        if seek is None:  # a jump forward (clip_timestamps): take the first match after it
+            seek = self._search(window, self._covered + 1, self._covered + 1 + 2 * N_FRAMES)
+        if seek is not None:
+            self._last_seek = seek
+            self._covered = max(self._covered, seek + self.valid_frames(seek))
+        return seek
 
-    _PROBE_COLUMNS = (0, N_FRAMES // 3, 2 * N_FRAMES // 3, N_FRAMES - 1)
+    def _search(
+        self, window: torch.Tensor, start: int, stop: int, latest: bool = False
+    ) -> int | None:
+        seeks = torch.arange(start, min(stop, self.content_frames))
+        valid = torch.clamp(self.content_frames - seeks, max=N_FRAMES)
+        matches = torch.ones(len(seeks), dtype=torch.bool)
+        for j in range(self._PROBES):
+            same = (
+                self.mel[:, torch.clamp(seeks + j, max=self.mel.shape[-1] - 1)]
+                == window[:, j : j + 1]
+            ).all(dim=0)
+            matches &= same | (valid <= j)
+        candidates = seeks[matches].tolist()
+        for seek in reversed(candidates) if latest else candidates:
+            n = self.valid_frames(seek)
+            if torch.equal(self.mel[:, seek : seek + n], window[:, :n]):
+                return seek
+        return None
 
 
 def _feed(accumulator: TagAccumulator, locator: _WindowLocator, encoder_pass: EncoderPass) -> None:
@@ -230,7 +261,7 @@ def _feed(accumulator: TagAccumulator, locator: _WindowLocator, encoder_pass: En
         if seek is None:
             logger.warning("could not place an encoder window in the audio; it is not tagged")
             continue
-        accumulator.add_pass(layers, seek, min(N_FRAMES, locator.content_frames - seek))
+        accumulator.add_pass(layers, seek, locator.valid_frames(seek))
 
 
 def load_model(

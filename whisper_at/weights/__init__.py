@@ -128,8 +128,8 @@ def _load_path(path: Path, device: str | torch.device) -> LoadedWhisper:
             files = huggingface.weight_files(path)
             checkpoint = huggingface.read_hf_folder(path, files)
         elif (path / "model.bin").exists() or (path / "config.json").exists():
-            files = [ct2.check_folder(path)]
             checkpoint, ct2_dir = ct2.read_ct2_folder(path), path
+            files = [path / "model.bin"]
         else:
             raise WeightsError(
                 f"{path}: not a Whisper model folder; expected a CTranslate2 folder (model.bin + "

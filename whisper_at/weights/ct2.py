@@ -78,8 +78,7 @@ class _Reader:
 
 
 def read_model_bin(path: Path) -> dict[str, np.ndarray]:
-    """All variables of a CTranslate2 model.bin by name (aliases are dropped: the only Whisper
-    alias is the tied output projection)."""
+    """All variables of a CTranslate2 model.bin by name, aliases (shared tensors) included."""
     reader = _Reader(path)
     version = reader.unpack("I")
     if version != BINARY_VERSION:
@@ -97,11 +96,15 @@ def read_model_bin(path: Path) -> dict[str, np.ndarray]:
         dtype_id = reader.unpack("B")
         if dtype_id not in _DTYPES:
             raise WeightsError(f"{path}: unknown dtype code {dtype_id} for {name}")
-        raw = reader.take(reader.unpack("I"))
-        array = raw.view(_DTYPES[dtype_id]).reshape(shape)
+        array = reader.take(reader.unpack("I")).view(_DTYPES[dtype_id]).reshape(shape)
         if dtype_id == _BF16:  # numpy has no bfloat16: widen the bits into float32
             array = (array.astype(np.uint32) << 16).view(np.float32)
         variables[name] = array
+    for _ in range(reader.unpack("I")):
+        alias, target = reader.string(), reader.string()
+        if target not in variables:
+            raise WeightsError(f"{path}: alias {alias} of unknown variable {target}")
+        variables[alias] = variables[target]
     return variables
 
 
@@ -124,11 +127,15 @@ def _openai_names(ct2_name: str) -> tuple[str, ...] | None:
 
 def _convert(variables: dict[str, np.ndarray], path: Path) -> dict[str, torch.Tensor]:
     state_dict: dict[str, torch.Tensor] = {}
+    converted: set[int] = set()
     for name, array in tqdm(
         variables.items(), desc="CTranslate2 -> PyTorch", unit="tensor", delay=2
     ):
         if array.ndim == 0 or name == "decoder/projection/weight":
             continue  # scalars are options; the projection is tied to the embedding
+        if id(array) in converted:  # an alias: own memory, so safetensors can save both
+            array = array.copy()
+        converted.add(id(array))
         targets = _openai_names(name)
         if targets is None:
             raise WeightsError(f"{path}: not a Whisper checkpoint: unexpected variable {name}")
@@ -174,7 +181,7 @@ def _dims(variables: dict[str, np.ndarray], path: Path) -> ModelDimensions:
     )
 
 
-def check_folder(folder: Path) -> Path:
+def _check_folder(folder: Path) -> Path:
     """The model.bin of a CTranslate2 folder, or a WeightsError saying what is missing."""
     for required in ("model.bin", "config.json"):
         if not (folder / required).is_file():
@@ -184,7 +191,7 @@ def check_folder(folder: Path) -> Path:
 
 def read_ct2_folder(folder: Path) -> Checkpoint:
     """Convert a CTranslate2 Whisper folder to an OpenAI-named fp16/fp32 state dict."""
-    model_bin = check_folder(folder)
+    model_bin = _check_folder(folder)
     variables = read_model_bin(model_bin)
     quantized = sorted(n for n in variables if n.endswith("_scale"))
     if quantized:

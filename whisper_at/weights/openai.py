@@ -50,8 +50,11 @@ def read_pt(path: Path) -> Checkpoint:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc).upper():  # not a pickle at all, rather than a refused one
+            raise WeightsError(f"{path}: not a readable PyTorch checkpoint") from exc
+        detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line.upper()), "")
         raise WeightsError(
-            f"{path}: contains pickled code; refusing to execute it ({str(exc).splitlines()[0]})"
+            f"{path}: contains pickled code; refusing to execute it ({detail.strip()})"
         ) from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
