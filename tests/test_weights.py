@@ -91,7 +91,10 @@ def _heads(model: Whisper) -> list[list[int]]:
 
 def _random_whisper(dims: ModelDimensions) -> Whisper:
     torch.manual_seed(0)
-    return Whisper(dims).eval()
+    model = Whisper(dims).eval()
+    for parameter in model.parameters():  # some are torch.empty (maybe NaN) until loaded
+        torch.nn.init.normal_(parameter, std=0.1)
+    return model
 
 
 def test_registry_names() -> None:
@@ -206,7 +209,9 @@ def test_bundled_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "tiny.en" not in available_models()
 
 
-def test_openai_pt_by_path(tiny_en: LoadedWhisper, mel: torch.Tensor, tmp_path: Path) -> None:
+def test_openai_pt_by_path(
+    tiny_en: LoadedWhisper, mel: torch.Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state_dict = {k: v.half() for k, v in tiny_en.model.state_dict().items()}  # like OpenAI's
     path = tmp_path / "my-tiny.en.pt"
     torch.save({"dims": asdict(tiny_en.model.dims), "model_state_dict": state_dict}, path)
@@ -214,7 +219,18 @@ def test_openai_pt_by_path(tiny_en: LoadedWhisper, mel: torch.Tensor, tmp_path: 
     assert loaded.name == str(path) and loaded.ct2_dir is None
     _same_weights(loaded.model, tiny_en.model)
     with torch.no_grad():
-        assert torch.equal(loaded.model.encoder(mel[..., :3000]), tiny_en.model.encoder(mel))
+        assert torch.equal(loaded.model.encoder(mel), tiny_en.model.encoder(mel))
+
+    # By name from openai-whisper's cache: pretend this file is the official "tiny" download.
+    shutil.copyfile(path, tmp_path / "tiny.pt")
+    monkeypatch.setitem(whisper._MODELS, "tiny", f"https://example/{loaded.sha256}/tiny.pt")
+    by_name = load_whisper("tiny", download_root=str(tmp_path))
+    assert by_name.sha256 == loaded.sha256 and by_name.source == str(tmp_path / "tiny.pt")
+    _same_weights(by_name.model, tiny_en.model)
+    tiny_heads = Whisper(tiny_en.model.dims)
+    tiny_heads.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny"])
+    assert _heads(by_name.model) == _heads(tiny_heads)
+    assert _heads(load_whisper(path).model) == _heads(tiny_heads)  # renamed copy, known hash
 
 
 class _Payload:

@@ -169,12 +169,7 @@ class WhisperAT:
         bar = tqdm(unit="s", disable=not progress, desc="tagging")
         try:
             for batch in _batches(stream_audio(audio, chunk_samples=N_SAMPLES), batch_size):
-                mels = torch.stack(
-                    [
-                        log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk))
-                        for chunk in batch
-                    ]
-                )[..., :N_FRAMES]
+                mels = torch.stack([_window_mel(chunk, n_mels) for chunk in batch])
                 with torch.inference_mode():
                     self.tap(mels.to(self.device, dtype))
                 layers = self.tap.last_pass.layers
@@ -188,6 +183,19 @@ class WhisperAT:
             bar.close()
             self.tap.forget()
         return self._tagging_result(accumulator.finish(), at_time_res, n_samples / SAMPLE_RATE)
+
+
+def _window_mel(chunk: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """The encoder input openai-whisper would make for this window of a file.
+
+    Zero audio after the chunk (as after the end of a file) and, past the last
+    audio frame, zero log-mel columns (as ``pad_or_trim`` makes). Normalized per
+    window, which lets long files stream; a file under 30 s gets exactly the input
+    that ``transcribe`` gives the encoder.
+    """
+    mel = log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk))[:, :N_FRAMES]
+    mel[:, len(chunk) // HOP_LENGTH :] = 0
+    return mel
 
 
 def _batches(chunks: Iterator[np.ndarray], size: int) -> Iterator[list[torch.Tensor]]:

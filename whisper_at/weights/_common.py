@@ -55,11 +55,6 @@ def dims_from_mapping(values: Mapping[str, object], where: str | Path) -> ModelD
         ) from exc
 
 
-def alignment_pairs(model: Whisper) -> list[list[int]]:
-    """The model's alignment heads as [layer, head] pairs (the format of CT2 and HF configs)."""
-    return model.alignment_heads.coalesce().indices().T.tolist()
-
-
 def build_whisper(checkpoint: Checkpoint, where: str | Path, device: str | torch.device) -> Whisper:
     """Put a state dict into an fp32 openai-whisper model; shape or key mismatches are errors."""
     model = Whisper(checkpoint.dims)
