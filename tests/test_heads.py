@@ -17,7 +17,13 @@ from whisper_at.labels import audioset_labels
 
 LABELS = audioset_labels()
 # (encoder layers, width) of every Whisper size
-SIZES = {"tiny": (4, 384), "base": (6, 512), "small": (12, 768), "medium": (24, 1024), "large": (32, 1280)}
+SIZES = {
+    "tiny": (4, 384),
+    "base": (6, 512),
+    "small": (12, 768),
+    "medium": (24, 1024),
+    "large": (32, 1280),
+}
 
 
 def make_config(head_type: str, n_layer: int, d_model: int, **kw) -> HeadConfig:
@@ -87,7 +93,9 @@ def reference_tl_tr(features, p, low):
 def test_reference_checkpoint_loads_unchanged_and_computes_tl_tr(tmp_path, low):
     torch.manual_seed(0)
     n_layer, d = SIZES["tiny"]
-    source = TaggingHead(make_config("tl_tr_low" if low else "tl_tr", n_layer, d, proj_dim=512 if low else None))
+    source = TaggingHead(
+        make_config("tl_tr_low" if low else "tl_tr", n_layer, d, proj_dim=512 if low else None)
+    )
     for param in source.parameters():  # non-trivial LayerNorms too
         torch.nn.init.normal_(param, std=0.05)
     state = {f"at_model.{k}": v.clone() for k, v in source.state_dict().items()}
@@ -101,7 +109,9 @@ def test_reference_checkpoint_loads_unchanged_and_computes_tl_tr(tmp_path, low):
     assert n_params(head) == (6.773 if low else 3.752)
 
     features = torch.randn(n_layer, 25, d)
-    expected = reference_tl_tr(features, {k[9:]: v for k, v in state.items() if k.startswith("at_model.")}, low)
+    expected = reference_tl_tr(
+        features, {k[9:]: v for k, v in state.items() if k.startswith("at_model.")}, low
+    )
     with torch.no_grad():
         got = head(features[None])[0]
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -120,8 +130,13 @@ def test_reference_import_rejects_other_checkpoints(tmp_path):
 def test_every_head_saves_and_loads_identically(tmp_path, head_type):
     torch.manual_seed(1)
     config = make_config(
-        head_type, 4, 384, proj_dim=128 if head_type == "tl_tr_low" else None,
-        whisper_name="tiny.en", trained_classes=[0, 137, 500], metrics={"mAP": 0.5},
+        head_type,
+        4,
+        384,
+        proj_dim=128 if head_type == "tl_tr_low" else None,
+        whisper_name="tiny.en",
+        trained_classes=[0, 137, 500],
+        metrics={"mAP": 0.5},
     )
     head = TaggingHead(config).eval()
     path = tmp_path / "head.safetensors"

@@ -64,7 +64,9 @@ def segment_view(result):
 
 
 @pytest.mark.parametrize("beam_size", [None, 5])
-def test_transcripts_equal_openai_whisper_and_faster_whisper(model, plain_whisper, speech, beam_size):
+def test_transcripts_equal_openai_whisper_and_faster_whisper(
+    model, plain_whisper, speech, beam_size
+):
     options = {"temperature": 0.0} if beam_size is None else {"temperature": 0.0, "beam_size": 5}
     engine = WhisperModel(str(model.loaded.ct2_dir), device="cpu", compute_type="float32")
     for clip, audio in speech:
@@ -81,7 +83,9 @@ def test_transcripts_equal_openai_whisper_and_faster_whisper(model, plain_whispe
 def test_word_error_rate_against_the_reference_text(model, speech):
     normalize = EnglishTextNormalizer()
     references = [normalize(clip.text) for clip, _ in speech]
-    hypotheses = [normalize(model.transcribe(audio, temperature=0.0)["text"]) for _, audio in speech]
+    hypotheses = [
+        normalize(model.transcribe(audio, temperature=0.0)["text"]) for _, audio in speech
+    ]
     assert hypotheses[0] == references[0]  # "and mister john dashwood had then leisure ..."
     assert jiwer.wer(references, hypotheses) < 0.08  # measured 0.043 with tiny.en
 
@@ -109,7 +113,9 @@ def test_tags_cover_long_audio_on_the_absolute_grid(model, long_speech, caplog):
     duration = len(long_speech) / 16000
     assert result["audio_tag"].shape == (math.ceil(duration / 2.0), 527)
     assert result["at_time_res"] == 2.0
-    assert not [r for r in caplog.records if "not tagged" in r.getMessage() or "gap" in r.getMessage()]
+    assert not [
+        r for r in caplog.records if "not tagged" in r.getMessage() or "gap" in r.getMessage()
+    ]
     assert len({s["seek"] for s in result["segments"]}) > 1  # several, unaligned decode windows
     parsed = whisper_at.parse_at_label(result, top_k=3)
     assert len(parsed) == result["audio_tag"].shape[0]

@@ -29,7 +29,9 @@ def _formats(text: str) -> list[str]:
     chosen = list(OUTPUT_FORMATS) if text == "all" else [f.strip() for f in text.split(",")]
     unknown = [f for f in chosen if f not in OUTPUT_FORMATS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown}; choose from {OUTPUT_FORMATS} or all")
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {unknown}; choose from {OUTPUT_FORMATS} or all"
+        )
     return chosen
 
 
@@ -39,42 +41,61 @@ def _temperatures(text: str) -> tuple[float, ...]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="*", help="audio or video files (anything FFmpeg decodes)")
-    parser.add_argument("--model", default="tiny.en", help="Whisper name or local path (default: tiny.en)")
+    parser.add_argument(
+        "--model", default="tiny.en", help="Whisper name or local path (default: tiny.en)"
+    )
     parser.add_argument("--model-dir", help="where OpenAI .pt checkpoints are looked for")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--head", default="default", help="tagging head: default, none, or a .safetensors path")
+    parser.add_argument(
+        "--head", default="default", help="tagging head: default, none, or a .safetensors path"
+    )
     parser.add_argument("--at-low-compute", action="store_true", help="use the low-dim TL-TR head")
-    parser.add_argument("--at-time-res", type=float, default=10.0, help="tag window in seconds, a multiple of 0.4")
+    parser.add_argument(
+        "--at-time-res", type=float, default=10.0, help="tag window in seconds, a multiple of 0.4"
+    )
     parser.add_argument("--top-k", type=int, default=5, help="tags per window")
     parser.add_argument("--threshold", type=float, default=0.0, help="minimum tag probability")
     parser.add_argument("--output-dir", default=".", help="where output files go")
     parser.add_argument("--list-models", action="store_true", help="list Whisper models and exit")
-    parser.add_argument("--list-labels", action="store_true", help="list the head's labels and exit")
+    parser.add_argument(
+        "--list-labels", action="store_true", help="list the head's labels and exit"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="whisper-at",
-        description="Transcribe audio with Whisper and tag its sound events from the same encoder pass. "
-        "Use `whisper-at tag FILES` to tag without transcribing.",
+        description="Transcribe audio with Whisper and tag its sound events from the same "
+        "encoder pass. Use `whisper-at tag FILES` to tag without transcribing.",
     )
     parser.add_argument("--version", action="version", version=f"whisper-at {__version__}")
     _common(parser)
     parser.add_argument(
-        "--output-format", type=_formats, default=["txt", "json", "tags"],
+        "--output-format",
+        type=_formats,
+        default=["txt", "json", "tags"],
         help=f"comma list of {','.join(OUTPUT_FORMATS)}, or all (default: txt,json,tags)",
     )
-    parser.add_argument("--language", help="spoken language (default: detect; English for .en models)")
+    parser.add_argument(
+        "--language", help="spoken language (default: detect; English for .en models)"
+    )
     parser.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
-    parser.add_argument("--temperature", type=_temperatures, default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
-                        help="comma list of fallback temperatures")
+    parser.add_argument(
+        "--temperature",
+        type=_temperatures,
+        default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        help="comma list of fallback temperatures",
+    )
     parser.add_argument("--beam-size", type=int, help="beam search width (default: greedy)")
     parser.add_argument("--best-of", type=int, help="candidates when sampling with temperature > 0")
     parser.add_argument("--word-timestamps", action="store_true", help="word-level timestamps")
     parser.add_argument("--initial-prompt", help="text to condition the first window on")
-    parser.add_argument("--no-condition-on-previous-text", action="store_true",
-                        help="do not feed the previous window's text to the next")
+    parser.add_argument(
+        "--no-condition-on-previous-text",
+        action="store_true",
+        help="do not feed the previous window's text to the next",
+    )
     return parser
 
 
@@ -119,7 +140,9 @@ def _transcribe_one(model: WhisperAT, path: str, args: argparse.Namespace) -> No
     for key in ("language", "beam_size", "best_of", "initial_prompt"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    result = model.transcribe(path, at_time_res=args.at_time_res, tags_per_segment=args.top_k, **options)
+    result = model.transcribe(
+        path, at_time_res=args.at_time_res, tags_per_segment=args.top_k, **options
+    )
     for segment in result["segments"]:
         print(f"[{segment['start']:7.1f}s -> {segment['end']:7.1f}s] {segment['text'].strip()}")
     if result.get("audio_tag") is not None:
@@ -127,14 +150,20 @@ def _transcribe_one(model: WhisperAT, path: str, args: argparse.Namespace) -> No
         _print_tags(TaggingResult.from_result(result), args.top_k, args.threshold)
     else:
         print(f"(no tagging head is installed for {model.name}: no sound-event tags)")
-    _report_written(write_outputs(result, path, args.output_dir, args.output_format, args.top_k, args.threshold))
+    _report_written(
+        write_outputs(result, path, args.output_dir, args.output_format, args.top_k, args.threshold)
+    )
 
 
 def _tag_one(model: WhisperAT, path: str, args: argparse.Namespace) -> None:
-    tagging = model.tag(path, at_time_res=args.at_time_res, batch_size=args.batch_size, progress=True)
+    tagging = model.tag(
+        path, at_time_res=args.at_time_res, batch_size=args.batch_size, progress=True
+    )
     _print_tags(tagging, args.top_k, args.threshold)
     result = tagging.to_result_fields()
-    _report_written(write_outputs(result, path, args.output_dir, args.output_format, args.top_k, args.threshold))
+    _report_written(
+        write_outputs(result, path, args.output_dir, args.output_format, args.top_k, args.threshold)
+    )
 
 
 def _report_written(paths: list[Path]) -> None:
@@ -156,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         if tags_only and head is None:
             parser.error("tagging needs a head; --head none leaves nothing to do")
         model = load_model(
-            args.model, device=args.device, head=head, at_low_compute=args.at_low_compute,
+            args.model,
+            device=args.device,
+            head=head,
+            at_low_compute=args.at_low_compute,
             download_root=args.model_dir,
         )
     except (WeightsError, HeadError) as e:

@@ -58,9 +58,7 @@ def audioset_labels() -> LabelSet:
     with path.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     rows.sort(key=lambda r: int(r["index"]))
-    return LabelSet(
-        names=tuple(r["display_name"] for r in rows), ids=tuple(r["mid"] for r in rows)
-    )
+    return LabelSet(names=tuple(r["display_name"] for r in rows), ids=tuple(r["mid"] for r in rows))
 
 
 @lru_cache(maxsize=1)

@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import whisper
 from tqdm import tqdm
 from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 
 from .audio import SAMPLE_RATE, load_audio, stream_audio
+from .engines import make_engine
 from .heads import HeadError, TaggingHead, load_head
 from .labels import LabelSet
 from .tagging import TagAccumulator, TaggingResult
-from .tap import EncoderPass, install_tap
+from .tap import install_tap
 from .weights import LoadedWhisper, load_whisper
 
 logger = logging.getLogger("whisper_at")
@@ -45,10 +45,13 @@ def shipped_head_path(whisper_name: str, low_compute: bool = False) -> Path | No
 class WhisperAT:
     """A Whisper model whose encoder passes also feed a sound-event tagging head."""
 
-    def __init__(self, loaded: LoadedWhisper, head: TaggingHead | None) -> None:
+    def __init__(
+        self, loaded: LoadedWhisper, head: TaggingHead | None, engine: str = "torch"
+    ) -> None:
         self.loaded = loaded
         self.whisper = loaded.model
         self.tap = install_tap(self.whisper)
+        self.engine = make_engine(engine, loaded, self.tap)
         self.head = head
         if head is not None:
             self._check_head(head)
@@ -125,23 +128,11 @@ class WhisperAT:
         Without a head the result is openai-whisper's alone.
         """
         samples = load_audio(audio)
-        whisper_options.setdefault("fp16", self.device.type == "cuda")
-        whisper_options.setdefault("verbose", None)
         if self.head is None:
             logger.warning("no tagging head is installed for %s: transcribing only", self.name)
-            try:
-                return whisper.transcribe(self.whisper, samples, **whisper_options)
-            finally:
-                self.tap.forget()
-
+            return self.engine.transcribe(samples, None, **whisper_options)
         accumulator = TagAccumulator(self.head, at_time_res)
-        locator = _WindowLocator(samples, self.whisper.dims.n_mels)
-        self.tap.listener = lambda encoder_pass: _feed(accumulator, locator, encoder_pass)
-        try:
-            result = whisper.transcribe(self.whisper, samples, **whisper_options)
-        finally:
-            self.tap.listener = None
-            self.tap.forget()
+        result = self.engine.transcribe(samples, accumulator.add_pass, **whisper_options)
         tagging = self._tagging_result(
             accumulator.finish(), at_time_res, len(samples) / SAMPLE_RATE
         )
@@ -209,81 +200,20 @@ def _batches(chunks: Iterator[np.ndarray], size: int) -> Iterator[list[torch.Ten
         yield batch
 
 
-class _WindowLocator:
-    """Finds where a 30 s window that openai-whisper encoded starts in the file.
-
-    openai-whisper slices its windows from a log-mel of the whole file, at offsets
-    that depend on what was decoded (the last one zero-padded); the encoder only
-    sees the slice. The same log-mel computed here places each slice by its content.
-    Whisper's windows move forward and leave no gap, so the next one starts after
-    the last start and no later than the covered end. Where content repeats exactly
-    (digital silence, loops) several starts match; they give the same encoder
-    output, and the latest one covers the most audio.
-    """
-
-    _PROBES = 8  # leading columns compared for every candidate before a full comparison
-
-    def __init__(self, samples: np.ndarray, n_mels: int) -> None:
-        self.mel = log_mel_spectrogram(samples, n_mels, padding=N_SAMPLES)
-        self.content_frames = self.mel.shape[-1] - N_FRAMES
-        self._last_seek = -1
-        self._covered = 0
-
-    def valid_frames(self, seek: int) -> int:
-        return min(N_FRAMES, self.content_frames - seek)
-
-    def locate(self, window: torch.Tensor) -> int | None:
-        """Start (mel frames) of ``window`` ``[n_mels, N_FRAMES]``, or None if not found."""
-        window = window.float().cpu()
-        seek = self._search(window, self._last_seek + 1, self._covered + 1, latest=True)
-        if seek is None:  # a jump forward (clip_timestamps): take the first match after it
-            seek = self._search(window, self._covered + 1, self._covered + 1 + 2 * N_FRAMES)
-        if seek is not None:
-            self._last_seek = seek
-            self._covered = max(self._covered, seek + self.valid_frames(seek))
-        return seek
-
-    def _search(
-        self, window: torch.Tensor, start: int, stop: int, latest: bool = False
-    ) -> int | None:
-        seeks = torch.arange(start, min(stop, self.content_frames))
-        valid = torch.clamp(self.content_frames - seeks, max=N_FRAMES)
-        matches = torch.ones(len(seeks), dtype=torch.bool)
-        for j in range(self._PROBES):
-            same = (
-                self.mel[:, torch.clamp(seeks + j, max=self.mel.shape[-1] - 1)]
-                == window[:, j : j + 1]
-            ).all(dim=0)
-            matches &= same | (valid <= j)
-        candidates = seeks[matches].tolist()
-        for seek in reversed(candidates) if latest else candidates:
-            n = self.valid_frames(seek)
-            if torch.equal(self.mel[:, seek : seek + n], window[:, :n]):
-                return seek
-        return None
-
-
-def _feed(accumulator: TagAccumulator, locator: _WindowLocator, encoder_pass: EncoderPass) -> None:
-    for mel, layers in zip(encoder_pass.mel, encoder_pass.layers, strict=True):
-        seek = locator.locate(mel)
-        if seek is None:
-            logger.warning("could not place an encoder window in the audio; it is not tagged")
-            continue
-        accumulator.add_pass(layers, seek, locator.valid_frames(seek))
-
-
 def load_model(
     name: str | os.PathLike = "tiny.en",
     device: str | torch.device | None = None,
     head: str | os.PathLike | TaggingHead | None = "default",
     at_low_compute: bool = False,
     download_root: str | None = None,
+    engine: str = "torch",
 ) -> WhisperAT:
     """Load Whisper weights (a name or a local path) and a tagging head.
 
     head: "default" uses the head shipped for this model if there is one (TL-TR, or
     TL-TR-low-dim with ``at_low_compute``); a path loads a head checkpoint; None
     loads no head. Without a head the model transcribes and says it cannot tag.
+    engine: which Whisper implementation decodes (see ``whisper_at.engines``).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_whisper(name, device=device, download_root=download_root)
@@ -296,4 +226,4 @@ def load_model(
         head = load_head(path) if path is not None else None
     elif head is not None and not isinstance(head, TaggingHead):
         head = load_head(head)
-    return WhisperAT(loaded, head)
+    return WhisperAT(loaded, head, engine)

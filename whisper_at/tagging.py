@@ -166,7 +166,9 @@ class TaggingResult:
     ) -> list[TagWindow]:
         """Per window, up to ``top_k`` reported classes with probability >= ``threshold``."""
         return [
-            TagWindow(*self.window_bounds(i), tags=self._top(self.logits[i], top_k, threshold, names))
+            TagWindow(
+                *self.window_bounds(i), tags=self._top(self.logits[i], top_k, threshold, names)
+            )
             for i in range(self.logits.shape[0])
         ]
 
@@ -261,7 +263,9 @@ def parse_at_label(
     return [
         {
             "time": {"start": window.start, "end": window.end},
-            "audio tags": [(tag.label, tag.logit) for tag in window.tags if tag.logit > p_threshold],
+            "audio tags": [
+                (tag.label, tag.logit) for tag in window.tags if tag.logit > p_threshold
+            ],
         }
         for window in tagging.windows(top_k=top_k, threshold=threshold, names=names)
     ]

@@ -1,0 +1,108 @@
+"""Decoding engines: what turns encoder passes into text, behind one small interface.
+
+An engine runs a maintained Whisper implementation's own transcription loop over
+the tapped PyTorch encoder, and hands every encoded window, placed in the file,
+to the tagging side. Nothing of the decoding is re-implemented here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from whisper.audio import N_FRAMES
+
+from ..tap import EncoderPass, EncoderTap, PassListener
+from ..weights import LoadedWhisper
+
+logger = logging.getLogger("whisper_at")
+
+# (every block's output [n_layer, encoder frames, d], window start and audio length in mel frames)
+WindowSink = Callable[[torch.Tensor, int, int], None]
+ENGINES = ("torch",)
+
+
+class Engine(Protocol):
+    def transcribe(
+        self, samples: np.ndarray, on_window: WindowSink | None, **options: Any
+    ) -> dict[str, Any]:
+        """openai-whisper-style result dict; ``on_window`` gets every encoded window."""
+        ...
+
+
+def make_engine(name: str, loaded: LoadedWhisper, tap: EncoderTap) -> Engine:
+    if name == "torch":
+        from .openai_whisper import OpenAIWhisperEngine
+
+        return OpenAIWhisperEngine(loaded, tap)
+    raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
+
+
+class WindowLocator:
+    """Finds where a 30 s window that openai-whisper encoded starts in the file.
+
+    openai-whisper slices its windows from a log-mel of the whole file, at offsets
+    that depend on what was decoded (the last one zero-padded); the encoder only
+    sees the slice. The same log-mel, given here, places each slice by its content.
+    Whisper's windows move forward and leave no gap, so the next one starts after
+    the last start and no later than the covered end. Where content repeats exactly
+    (digital silence, loops) several starts match; they give the same encoder
+    output, and the latest one covers the most audio.
+    """
+
+    _PROBES = 8  # leading columns compared for every candidate before a full comparison
+
+    def __init__(self, mel: torch.Tensor, content_frames: int) -> None:
+        self.mel = mel  # [n_mels, frames]: the log-mel the engine slices its windows from
+        self.content_frames = content_frames
+        self._last_seek = -1
+        self._covered = 0
+
+    def valid_frames(self, seek: int) -> int:
+        return min(N_FRAMES, self.content_frames - seek)
+
+    def locate(self, window: torch.Tensor) -> int | None:
+        """Start (mel frames) of ``window`` ``[n_mels, N_FRAMES]``, or None if not found."""
+        window = window.float().cpu()
+        seek = self._search(window, self._last_seek + 1, self._covered + 1, latest=True)
+        if seek is None:  # a jump forward (clip_timestamps): take the first match after it
+            seek = self._search(window, self._covered + 1, self._covered + 1 + 2 * N_FRAMES)
+        if seek is not None:
+            self._last_seek = seek
+            self._covered = max(self._covered, seek + self.valid_frames(seek))
+        return seek
+
+    def _search(
+        self, window: torch.Tensor, start: int, stop: int, latest: bool = False
+    ) -> int | None:
+        seeks = torch.arange(start, min(stop, self.content_frames))
+        valid = torch.clamp(self.content_frames - seeks, max=N_FRAMES)
+        matches = torch.ones(len(seeks), dtype=torch.bool)
+        for j in range(self._PROBES):
+            same = (
+                self.mel[:, torch.clamp(seeks + j, max=self.mel.shape[-1] - 1)]
+                == window[:, j : j + 1]
+            ).all(dim=0)
+            matches &= same | (valid <= j)
+        candidates = seeks[matches].tolist()
+        for seek in reversed(candidates) if latest else candidates:
+            n = self.valid_frames(seek)
+            if torch.equal(self.mel[:, seek : seek + n], window[:, :n]):
+                return seek
+        return None
+
+    def listener(self, sink: WindowSink) -> PassListener:
+        """A tap listener that places each encoded window and hands it to ``sink``."""
+
+        def place(encoder_pass: EncoderPass) -> None:
+            for mel, layers in zip(encoder_pass.mel, encoder_pass.layers, strict=True):
+                seek = self.locate(mel)
+                if seek is None:
+                    logger.warning("could not place an encoder window in the audio; not tagged")
+                    continue
+                sink(layers, seek, self.valid_frames(seek))
+
+        return place
