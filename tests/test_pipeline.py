@@ -166,3 +166,18 @@ def test_bad_audio_is_named(model, tmp_path):
         model.tag(text)
     with pytest.raises(ValueError, match="multiple of 0.4"):
         model.tag(np.zeros(16000, dtype=np.float32), at_time_res=1.0)
+
+
+def test_long_recordings_are_transcribed_span_by_span(model, long_speech, librivox_clips, caplog):
+    with caplog.at_level(logging.WARNING, logger="whisper_at"):
+        result = model.transcribe(long_speech, at_time_res=2.0, temperature=0.0, span_seconds=40)
+    duration = len(long_speech) / 16000
+    assert result["audio_tag"].shape == (math.ceil(duration / 2.0), 527)
+    assert not [r for r in caplog.records if "not tagged" in r.getMessage() or "gap" in r.getMessage()]
+    starts = [s["start"] for s in result["segments"]]
+    assert starts == sorted(starts) and result["segments"][-1]["end"] <= duration + 0.5
+    assert [s["id"] for s in result["segments"]] == list(range(len(starts)))
+    assert max(s["seek"] for s in result["segments"]) > 40 * 100  # seeks on the recording's line
+    normalize = EnglishTextNormalizer()
+    reference = normalize(" ".join([c.text for c in librivox_clips] * 4))
+    assert jiwer.wer(reference, normalize(result["text"])) < 0.1

@@ -20,10 +20,11 @@ import torch
 from tqdm import tqdm
 from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 
-from .audio import SAMPLE_RATE, load_audio, stream_audio
-from .engines import make_engine
+from .audio import SAMPLE_RATE, stream_audio
+from .engines import WindowSink, make_engine
 from .heads import HeadError, TaggingHead, load_head
 from .labels import LabelSet
+from .spans import DEFAULT_SPAN_SECONDS, iter_spans, merge_results, shift_result
 from .tagging import TagAccumulator, TaggingResult
 from .tap import install_tap
 from .weights import LoadedWhisper, load_whisper
@@ -31,6 +32,7 @@ from .weights import LoadedWhisper, load_whisper
 logger = logging.getLogger("whisper_at")
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+_PROMPT_CHARS = 200  # text of the previous span carried as the next span's prompt
 
 
 def shipped_head_path(whisper_name: str, low_compute: bool = False) -> Path | None:
@@ -118,24 +120,41 @@ class WhisperAT:
         at_time_res: float = 10.0,
         *,
         tags_per_segment: int = 5,
+        span_seconds: float = DEFAULT_SPAN_SECONDS,
         **whisper_options: Any,
     ) -> dict[str, Any]:
         """openai-whisper's transcription plus ``audio_tag`` logits per ``at_time_res`` window.
 
-        ``whisper_options`` go unchanged to ``whisper.transcribe`` (language, task,
-        temperature, beam_size, word_timestamps, ...). The result also holds
-        ``at_time_res``, the label names, and per segment its top ``audio_tags``.
-        Without a head the result is openai-whisper's alone.
+        ``whisper_options`` go unchanged to the engine (openai-whisper's ``transcribe``
+        options: language, task, temperature, beam_size, word_timestamps, ...). The
+        result also holds ``at_time_res``, the label names, and per segment its top
+        ``audio_tags``. Without a head the result is the engine's alone.
+
+        Recordings longer than ``span_seconds`` are read and transcribed span by span
+        (cut at quiet points, the language and the previous span's text carried
+        over), so memory stays bounded; shorter ones are one untouched call.
         """
-        samples = load_audio(audio)
         if self.head is None:
             logger.warning("no tagging head is installed for %s: transcribing only", self.name)
-            return self.engine.transcribe(samples, None, **whisper_options)
-        accumulator = TagAccumulator(self.head, at_time_res)
-        result = self.engine.transcribe(samples, accumulator.add_pass, **whisper_options)
-        tagging = self._tagging_result(
-            accumulator.finish(), at_time_res, len(samples) / SAMPLE_RATE
-        )
+        accumulator = TagAccumulator(self.head, at_time_res) if self.head is not None else None
+        parts: list[dict[str, Any]] = []
+        n_samples = 0
+        for offset, samples in iter_spans(audio, span_seconds):
+            options = dict(whisper_options)
+            if parts:
+                options.setdefault("language", parts[0]["language"])
+                if options.get("condition_on_previous_text", True):
+                    options["initial_prompt"] = parts[-1]["text"][-_PROMPT_CHARS:]
+            sink = None if accumulator is None else _shifted(accumulator, offset // HOP_LENGTH)
+            part = self.engine.transcribe(samples, sink, **options)
+            n_segments = sum(len(p["segments"]) for p in parts)
+            shift_result(part, offset / SAMPLE_RATE, offset // HOP_LENGTH, n_segments)
+            parts.append(part)
+            n_samples = offset + len(samples)
+        result = merge_results(parts)
+        if accumulator is None:
+            return result
+        tagging = self._tagging_result(accumulator.finish(), at_time_res, n_samples / SAMPLE_RATE)
         result.update(tagging.to_result_fields())
         for segment in result["segments"]:
             segment["audio_tags"] = [
@@ -174,6 +193,15 @@ class WhisperAT:
             bar.close()
             self.tap.forget()
         return self._tagging_result(accumulator.finish(), at_time_res, n_samples / SAMPLE_RATE)
+
+
+def _shifted(accumulator: TagAccumulator, frames: int) -> WindowSink:
+    """A window sink for a span that starts ``frames`` mel frames into the recording."""
+
+    def add(layers: torch.Tensor, seek: int, valid: int) -> None:
+        accumulator.add_pass(layers, seek + frames, valid)
+
+    return add
 
 
 def _window_mel(chunk: torch.Tensor, n_mels: int) -> torch.Tensor:
