@@ -173,7 +173,9 @@ def test_long_recordings_are_transcribed_span_by_span(model, long_speech, libriv
         result = model.transcribe(long_speech, at_time_res=2.0, temperature=0.0, span_seconds=40)
     duration = len(long_speech) / 16000
     assert result["audio_tag"].shape == (math.ceil(duration / 2.0), 527)
-    assert not [r for r in caplog.records if "not tagged" in r.getMessage() or "gap" in r.getMessage()]
+    assert not [
+        r for r in caplog.records if "not tagged" in r.getMessage() or "gap" in r.getMessage()
+    ]
     starts = [s["start"] for s in result["segments"]]
     assert starts == sorted(starts) and result["segments"][-1]["end"] <= duration + 0.5
     assert [s["id"] for s in result["segments"]] == list(range(len(starts)))

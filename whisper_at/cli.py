@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             (_tag_one if tags_only else _transcribe_one)(model, path, args)
         except USER_ERRORS as e:
             failed += 1
-            print(f"whisper-at: error: {path}: {e}", file=sys.stderr)
+            message = str(e) if str(e).startswith(path) else f"{path}: {e}"
+            print(f"whisper-at: error: {message}", file=sys.stderr)
         except Exception as e:  # keep going over the batch; the traceback is for --debug
             failed += 1
             print(f"whisper-at: unexpected error on {path}: {e!r}", file=sys.stderr)

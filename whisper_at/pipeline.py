@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 
-from .audio import SAMPLE_RATE, stream_audio
+from .audio import SAMPLE_RATE, audio_duration, stream_audio
 from .engines import WindowSink, make_engine
 from .heads import HeadError, TaggingHead, load_head
 from .labels import LabelSet
@@ -134,8 +134,6 @@ class WhisperAT:
         (cut at quiet points, the language and the previous span's text carried
         over), so memory stays bounded; shorter ones are one untouched call.
         """
-        if self.head is None:
-            logger.warning("no tagging head is installed for %s: transcribing only", self.name)
         accumulator = TagAccumulator(self.head, at_time_res) if self.head is not None else None
         parts: list[dict[str, Any]] = []
         n_samples = 0
@@ -176,7 +174,8 @@ class WhisperAT:
         n_samples = 0
         n_mels = self.whisper.dims.n_mels
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        bar = tqdm(unit="s", disable=not progress, desc="tagging")
+        total = round(audio_duration(audio), 1) if progress else None
+        bar = tqdm(total=total, unit="s", disable=not progress, desc="tagging")
         try:
             for batch in _batches(stream_audio(audio, chunk_samples=N_SAMPLES), batch_size):
                 mels = torch.stack([_window_mel(chunk, n_mels) for chunk in batch])

@@ -216,7 +216,9 @@ def write_rcc(files: dict[str, bytes], *, version: int = 2, compress: bool = Tru
     for index, (name, content) in enumerate(nodes):
         offset = name_offset(name) if index else 0
         if isinstance(content, dict):
-            records += struct.pack(">IHII", offset, FLAG_DIRECTORY, len(content), first_child[index])
+            records += struct.pack(
+                ">IHII", offset, FLAG_DIRECTORY, len(content), first_child[index]
+            )
         else:
             payload, flags = bytes(content), 0
             if compress:

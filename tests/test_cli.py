@@ -1,0 +1,148 @@
+"""The command line, run in-process on real audio (a random head checks the mechanics)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from whisper_at.cli import main
+from whisper_at.heads import HeadConfig, TaggingHead, save_head
+from whisper_at.labels import audioset_labels
+
+
+@pytest.fixture(scope="module")
+def head_file(tmp_path_factory):
+    torch.manual_seed(0)
+    labels = audioset_labels()
+    config = HeadConfig(
+        "tl_tr",
+        4,
+        384,
+        list(labels.names),
+        list(labels.ids),
+        whisper_name="tiny.en",
+        trained_classes=[0, 137, 74],
+    )
+    path = tmp_path_factory.mktemp("heads") / "tiny.en.tl_tr.safetensors"
+    save_head(TaggingHead(config), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def speech_file(librivox_clips):
+    return str(librivox_clips[0].path)
+
+
+def test_transcribe_and_tag_writes_every_format(tmp_path, head_file, speech_file, capsys):
+    out = tmp_path / "out"
+    code = main(
+        [
+            speech_file,
+            "--head",
+            str(head_file),
+            "--at-time-res",
+            "2",
+            "--output-dir",
+            str(out),
+            "--output-format",
+            "all",
+            "--temperature",
+            "0",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "And Mr. John Dashwood had then leisure" in printed
+    assert "sound events:" in printed
+    stem = "sense_and_sensibility_01_austen_64kb-0870"
+    for ext in ("txt", "srt", "vtt", "tsv", "json", "tags.tsv"):
+        assert (out / f"{stem}.{ext}").is_file(), ext
+    data = json.loads((out / f"{stem}.json").read_text())
+    assert data["text"].strip().startswith("And Mr. John Dashwood")
+    assert len(data["audio_tag"]) == 4 and len(data["audio_tag"][0]) == 527  # 7 s at 2 s
+    assert {t["label"] for w in data["tags"] for t in w["tags"]} <= {"Speech", "Music", "Dog"}
+    assert data["segments"][0]["audio_tags"]
+    rows = (out / f"{stem}.tags.tsv").read_text().splitlines()
+    assert rows[0] == "start\tend\tlabel\tprobability\tlogit"
+    assert len(rows) == 1 + 4 * 3  # every window, the head's three trained classes
+
+
+def test_tags_only_command(tmp_path, head_file, speech_file, capsys):
+    code = main(["tag", speech_file, "--head", str(head_file), "--output-dir", str(tmp_path)])
+    assert code == 0
+    assert "[    0.0s ->     7.1s]" in capsys.readouterr().out
+    data = json.loads((tmp_path / "sense_and_sensibility_01_austen_64kb-0870.json").read_text())
+    assert data["at_time_res"] == 10.0 and len(data["tags"]) == 1
+
+
+def test_a_batch_goes_on_past_bad_files_and_fails_at_the_end(tmp_path, speech_file, capsys):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "readme.txt"
+    text.write_text("hello")
+    missing = tmp_path / "missing.flac"
+    code = main(
+        [
+            str(missing),
+            str(empty),
+            speech_file,
+            str(text),
+            "--head",
+            "none",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--temperature",
+            "0",
+        ]
+    )
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "no such file" in captured.err and "is empty" in captured.err
+    assert "not an audio file" in captured.err
+    assert "3 of 4 file(s) failed" in captured.err
+    assert "And Mr. John Dashwood" in captured.out
+    assert (tmp_path / "out" / "sense_and_sensibility_01_austen_64kb-0870.txt").is_file()
+    assert "no tagging head is installed" in captured.out
+
+
+def test_without_a_head_the_command_says_so(tmp_path, speech_file, capsys):
+    assert main(["tag", speech_file]) == 2
+    assert "no tagging head is installed for tiny.en" in capsys.readouterr().err
+
+
+def test_unknown_models_and_bad_heads_are_named(tmp_path, capsys):
+    assert main(["x.wav", "--model", "huge-v9"]) == 2
+    err = capsys.readouterr().err
+    assert "huge-v9" in err and "tiny.en" in err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(np.zeros(16, dtype=np.uint8).tobytes())
+    assert main(["x.wav", "--head", str(bad)]) == 2
+    assert "not a readable safetensors" in capsys.readouterr().err
+
+
+def test_listings(capsys, head_file):
+    assert main(["--list-models"]) == 0
+    assert any(
+        line.split() == ["tiny.en", "available"] for line in capsys.readouterr().out.splitlines()
+    )
+    assert main(["--list-labels"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 527 and lines[0] == "0\t/m/09x0r\tSpeech"
+    assert main(["--list-labels", "--head", str(head_file)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 527
+
+
+def test_help_and_bad_arguments_exit_cleanly():
+    run = subprocess.run(
+        [sys.executable, "-m", "whisper_at", "--help"], capture_output=True, text=True
+    )
+    assert run.returncode == 0 and "--at-time-res" in run.stdout and "--output-format" in run.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "whisper_at", "a.wav", "--output-format", "pdf"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "unknown format" in run.stderr and "Traceback" not in run.stderr
