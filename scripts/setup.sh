@@ -9,6 +9,8 @@ fi
 # The CPU build of PyTorch (pinned so pip does not fetch a multi-GB CUDA build).
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[base,test]"
+# The corpus's MIDI renderer, without its playback-only pyaudio dependency.
+.venv/bin/python -m pip install -q --no-deps "tinysoundfont==0.3.7"
 # Tests fetch real speech from Debian packages with `apt-get download`, which needs package lists.
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq

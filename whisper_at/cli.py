@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="whisper-at",
         description="Transcribe audio with Whisper and tag its sound events from the same "
-        "encoder pass. Use `whisper-at tag FILES` to tag without transcribing.",
+        "encoder pass. Use `whisper-at tag FILES` to tag without transcribing; "
+        "`whisper-at corpus build --out DIR` builds the training corpus.",
     )
     parser.add_argument("--version", action="version", version=f"whisper-at {__version__}")
     _common(parser)
@@ -171,8 +172,20 @@ def _report_written(paths: list[Path]) -> None:
         logger.info("wrote %s", path)
 
 
+def _corpus(argv: list[str]) -> int:
+    from .corpus.cli import main as corpus_main
+
+    return corpus_main(argv)
+
+
+# Subcommands that own their argument parsing: `whisper-at NAME ...`
+SUBCOMMANDS = {"corpus": _corpus}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     tags_only = bool(argv) and argv[0] == "tag"
     parser = build_tag_parser() if tags_only else build_parser()
     args = parser.parse_args(argv[1:] if tags_only else argv)

@@ -9,11 +9,38 @@ from whisper_at.corpus.registry import (
 from whisper_at.corpus.speech import SpeechClip, asterisk_prompts, librivox_clips
 
 __all__ = [
+    "SOURCES",
+    "RccFile",
+    "Recording",
     "RegistryError",
     "SpeechClip",
     "asterisk_prompts",
+    "build_corpus",
     "cache_dir",
     "fetch_debian_package",
     "fetch_pypi_package",
+    "find_recordings",
     "librivox_clips",
+    "load_mapping",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy: the builder pulls in PyAV/tqdm and the mapping, which speech-only users skip.
+    if name == "build_corpus":
+        from whisper_at.corpus.build import build_corpus
+
+        return build_corpus
+    if name in ("SOURCES", "Recording", "find_recordings"):
+        from whisper_at.corpus import sources
+
+        return getattr(sources, name)
+    if name == "load_mapping":
+        from whisper_at.corpus.mapping import load_mapping
+
+        return load_mapping
+    if name == "RccFile":
+        from whisper_at.corpus.rcc import RccFile
+
+        return RccFile
+    raise AttributeError(f"module 'whisper_at.corpus' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 
 from whisper_at.labels import audioset_labels
@@ -40,7 +40,7 @@ class MappingRow:
         return tuple(labels.names.index(name) for name in self.labels)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 

