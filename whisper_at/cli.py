@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .engines import ENGINES
 from .heads import HeadError
 from .labels import audioset_labels
 from .pipeline import WhisperAT, load_model
@@ -46,6 +47,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model-dir", help="where OpenAI .pt checkpoints are looked for")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="torch",
+        help="decoder: torch (openai-whisper) or ct2 (faster-whisper); default torch",
+    )
+    parser.add_argument("--compute-type", help="ct2 decoder precision: default, int8, float32, ...")
     parser.add_argument(
         "--head", default="default", help="tagging head: default, none, or a .safetensors path"
     )
@@ -88,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
         help="comma list of fallback temperatures",
     )
-    parser.add_argument("--beam-size", type=int, help="beam search width (default: greedy)")
+    parser.add_argument(
+        "--beam-size", type=int, help="beam search width (default: greedy (torch), 5 (ct2))"
+    )
     parser.add_argument("--best-of", type=int, help="candidates when sampling with temperature > 0")
     parser.add_argument("--word-timestamps", action="store_true", help="word-level timestamps")
     parser.add_argument("--initial-prompt", help="text to condition the first window on")
@@ -178,8 +188,29 @@ def _corpus(argv: list[str]) -> int:
     return corpus_main(argv)
 
 
+def _features(argv: list[str]) -> int:
+    from .training.cli import features_main
+
+    if not argv or argv[0] != "extract":
+        print("usage: whisper-at features extract MANIFEST --out DIR [...]", file=sys.stderr)
+        return 2
+    return features_main(argv[1:])
+
+
+def _train(argv: list[str]) -> int:
+    from .training.cli import train_main
+
+    return train_main(argv)
+
+
+def _evaluate(argv: list[str]) -> int:
+    from .training.cli import evaluate_main
+
+    return evaluate_main(argv)
+
+
 # Subcommands that own their argument parsing: `whisper-at NAME ...`
-SUBCOMMANDS = {"corpus": _corpus}
+SUBCOMMANDS = {"corpus": _corpus, "features": _features, "train": _train, "evaluate": _evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             head=head,
             at_low_compute=args.at_low_compute,
             download_root=args.model_dir,
+            engine=args.engine,
+            compute_type=args.compute_type,
         )
-    except (WeightsError, HeadError) as e:
+    except (WeightsError, HeadError, ValueError, TypeError) as e:
         print(f"whisper-at: error: {e}", file=sys.stderr)
         return 2
     if args.list_labels:

@@ -48,12 +48,16 @@ class WhisperAT:
     """A Whisper model whose encoder passes also feed a sound-event tagging head."""
 
     def __init__(
-        self, loaded: LoadedWhisper, head: TaggingHead | None, engine: str = "torch"
+        self,
+        loaded: LoadedWhisper,
+        head: TaggingHead | None,
+        engine: str = "torch",
+        compute_type: str | None = None,
     ) -> None:
         self.loaded = loaded
         self.whisper = loaded.model
         self.tap = install_tap(self.whisper)
-        self.engine = make_engine(engine, loaded, self.tap)
+        self.engine = make_engine(engine, loaded, self.tap, compute_type=compute_type)
         self.head = head
         if head is not None:
             self._check_head(head)
@@ -234,13 +238,17 @@ def load_model(
     at_low_compute: bool = False,
     download_root: str | None = None,
     engine: str = "torch",
+    compute_type: str | None = None,
 ) -> WhisperAT:
     """Load Whisper weights (a name or a local path) and a tagging head.
 
     head: "default" uses the head shipped for this model if there is one (TL-TR, or
     TL-TR-low-dim with ``at_low_compute``); a path loads a head checkpoint; None
     loads no head. Without a head the model transcribes and says it cannot tag.
-    engine: which Whisper implementation decodes (see ``whisper_at.engines``).
+    engine: which Whisper implementation decodes: "torch" (openai-whisper) or "ct2"
+    (faster-whisper / CTranslate2, from the same PyTorch encoder pass; needs a
+    CTranslate2 model folder, as the bundled models have). compute_type: the
+    CTranslate2 decoder's precision ("default", "int8", "float32", ...), ct2 only.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_whisper(name, device=device, download_root=download_root)
@@ -253,4 +261,4 @@ def load_model(
         head = load_head(path) if path is not None else None
     elif head is not None and not isinstance(head, TaggingHead):
         head = load_head(head)
-    return WhisperAT(loaded, head, engine)
+    return WhisperAT(loaded, head, engine, compute_type)

@@ -22,7 +22,7 @@ logger = logging.getLogger("whisper_at")
 
 # (every block's output [n_layer, encoder frames, d], window start and audio length in mel frames)
 WindowSink = Callable[[torch.Tensor, int, int], None]
-ENGINES = ("torch",)
+ENGINES = ("torch", "ct2")
 
 
 class Engine(Protocol):
@@ -33,11 +33,21 @@ class Engine(Protocol):
         ...
 
 
-def make_engine(name: str, loaded: LoadedWhisper, tap: EncoderTap) -> Engine:
+def make_engine(name: str, loaded: LoadedWhisper, tap: EncoderTap, **engine_options: Any) -> Engine:
+    """engine_options: for "ct2", ``compute_type`` and ``cpu_threads`` (None: the default)."""
+    engine_options = {k: v for k, v in engine_options.items() if v is not None}
     if name == "torch":
         from .openai_whisper import OpenAIWhisperEngine
 
+        if engine_options:
+            raise TypeError(
+                f"engine 'torch' takes no {', '.join(engine_options)} (only engine 'ct2' does)"
+            )
         return OpenAIWhisperEngine(loaded, tap)
+    if name == "ct2":
+        from .ct2 import CTranslate2Engine
+
+        return CTranslate2Engine(loaded, tap, **engine_options)
     raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
 
 
@@ -78,7 +88,10 @@ class WindowLocator:
     def _search(
         self, window: torch.Tensor, start: int, stop: int, latest: bool = False
     ) -> int | None:
-        seeks = torch.arange(start, min(stop, self.content_frames))
+        stop = min(stop, self.content_frames)
+        if start >= stop:
+            return None
+        seeks = torch.arange(start, stop)
         valid = torch.clamp(self.content_frames - seeks, max=N_FRAMES)
         matches = torch.ones(len(seeks), dtype=torch.bool)
         for j in range(self._PROBES):

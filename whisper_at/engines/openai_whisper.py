@@ -26,8 +26,10 @@ class OpenAIWhisperEngine:
         options.setdefault("fp16", self.model.device.type == "cuda")
         options.setdefault("verbose", None)
         if on_window is not None:
-            # the log-mel openai-whisper will slice its windows from
+            # the log-mel openai-whisper will slice its windows from (in fp16 on the GPU)
             mel = log_mel_spectrogram(samples, self.model.dims.n_mels, padding=N_SAMPLES)
+            if options["fp16"]:
+                mel = mel.half().float()
             self.tap.listener = WindowLocator(mel, mel.shape[-1] - N_FRAMES).listener(on_window)
         try:
             return whisper.transcribe(self.model, samples, **options)

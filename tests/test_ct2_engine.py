@@ -1,0 +1,202 @@
+"""The ct2 engine: faster-whisper decodes from the tapped PyTorch encoder's output.
+
+Real tiny.en weights and real speech; the head is random (mechanics, not tag quality).
+"""
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from faster_whisper import WhisperModel
+
+import whisper_at
+from whisper_at.audio import load_audio
+from whisper_at.engines import make_engine
+from whisper_at.engines.ct2 import EngineError, faster_whisper_options
+from whisper_at.heads import HeadConfig, TaggingHead
+from whisper_at.labels import audioset_labels
+from whisper_at.weights import available_models
+
+# the ct2 tags differ from the torch engine's only through the log-mel (faster-whisper's
+# numpy STFT against openai-whisper's torch STFT): measured max |logit difference| 1.2e-6
+# on the 9 clips (logits up to 2.2 in magnitude)
+TAG_TOLERANCE = 1e-4
+
+
+def random_head(n_layer: int = 4, d_model: int = 384, seed: int = 0) -> TaggingHead:
+    torch.manual_seed(seed)
+    labels = audioset_labels()
+    config = HeadConfig("tl_tr", n_layer, d_model, list(labels.names), list(labels.ids))
+    return TaggingHead(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return whisper_at.load_model("tiny.en", device="cpu", head=random_head(), engine="ct2")
+
+
+@pytest.fixture(scope="module")
+def torch_model(model):
+    """The same weights and head, decoded by openai-whisper."""
+    return whisper_at.WhisperAT(model.loaded, model.head, engine="torch")
+
+
+@pytest.fixture(scope="module")
+def faster(model):
+    """Plain faster-whisper on the original CTranslate2 folder, same compute type."""
+    return WhisperModel(str(model.loaded.ct2_dir), device="cpu", compute_type="default")
+
+
+@pytest.fixture(scope="module")
+def speech(librivox_clips, asterisk_prompts):
+    clips = librivox_clips + asterisk_prompts[:4]
+    return [(clip, load_audio(clip.path, format=clip.format)) for clip in clips]
+
+
+@pytest.fixture(scope="module")
+def long_speech(librivox_clips):
+    """99 s: the five utterances, four times over (so content repeats exactly)."""
+    return np.concatenate([load_audio(c.path) for c in librivox_clips] * 4)
+
+
+def view(segments):
+    return [(s["start"], s["end"], s["text"]) for s in segments]
+
+
+def faster_view(faster, audio, **options):
+    segments, _ = faster.transcribe(audio, vad_filter=False, **options)
+    return [(s.start, s.end, s.text) for s in segments]
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_transcripts_equal_plain_faster_whisper(model, faster, speech, beam_size):
+    for clip, audio in speech:
+        ours = model.transcribe(audio, temperature=0.0, beam_size=beam_size)
+        reference = faster_view(faster, audio, temperature=0.0, beam_size=beam_size)
+        assert view(ours["segments"]) == reference, clip.id
+        assert ours["text"] == "".join(text for _, _, text in reference)
+        assert ours["language"] == "en"
+
+
+def test_long_audio_one_encoder_pass_per_window_and_tags_on_the_grid(
+    model, faster, long_speech, caplog
+):
+    model.tap.n_passes = 0
+    with caplog.at_level(logging.WARNING, logger="whisper_at"):
+        result = model.transcribe(long_speech, at_time_res=2.0, temperature=0.0, beam_size=1)
+    windows = {s["seek"] for s in result["segments"]}
+    assert len(windows) > 1
+    assert model.tap.n_passes == len(windows)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    duration = len(long_speech) / 16000
+    assert result["audio_tag"].shape == (math.ceil(duration / 2.0), 527)
+    assert all(len(s["audio_tags"]) == 5 for s in result["segments"])
+    assert view(result["segments"]) == faster_view(
+        faster, long_speech, temperature=0.0, beam_size=1
+    )
+
+
+def test_temperature_fallback_does_not_encode_again(model, speech):
+    # a compression-ratio threshold of 0 makes every temperature fail and fall back
+    _, audio = speech[0]
+    model.tap.n_passes = 0
+    result = model.transcribe(
+        audio, temperature=(0.0, 0.5, 1.0), compression_ratio_threshold=0.0, best_of=1
+    )
+    assert model.tap.n_passes == 1
+    assert result["segments"][0]["temperature"] == 1.0
+
+
+def test_tags_equal_the_torch_engines_on_one_window(model, torch_model, speech):
+    _, audio = speech[0]  # 7 s: one window, the same encoder input up to the log-mel
+    ours = model.transcribe(audio, at_time_res=2.0, temperature=0.0, beam_size=1)
+    theirs = torch_model.transcribe(audio, at_time_res=2.0, temperature=0.0)
+    assert ours["audio_tag"].shape == theirs["audio_tag"].shape == (4, 527)
+    difference = (ours["audio_tag"] - theirs["audio_tag"]).abs().max().item()
+    assert difference < TAG_TOLERANCE, difference
+
+
+def test_word_timestamps(model, faster, speech):
+    _, audio = speech[0]
+    result = model.transcribe(audio, temperature=0.0, word_timestamps=True)
+    words = [w for s in result["segments"] for w in s["words"]]
+    assert len(words) > 10
+    assert all(0.0 <= w["start"] <= w["end"] for w in words)
+    segments, _ = faster.transcribe(audio, temperature=0.0, word_timestamps=True)
+    reference = [(w.word, w.start, w.end) for s in segments for w in s.words]
+    assert [(w["word"], w["start"], w["end"]) for w in words] == reference
+    plain = model.transcribe(audio, temperature=0.0)
+    assert "words" not in plain["segments"][0]
+
+
+def test_options_map_to_faster_whisper():
+    assert faster_whisper_options(
+        {
+            "language": "English",
+            "temperature": (0.0, 0.2),
+            "logprob_threshold": -0.5,
+            "beam_size": None,
+            "suppress_tokens": "-1",
+            "verbose": False,
+            "fp16": True,
+            "sample_len": 100,
+        }
+    ) == {
+        "vad_filter": False,
+        "language": "en",
+        "temperature": [0.0, 0.2],
+        "log_prob_threshold": -0.5,
+        "suppress_tokens": [-1],
+        "max_new_tokens": 100,
+    }
+    assert faster_whisper_options({"vad_filter": True})["vad_filter"] is True
+
+
+def test_bad_options_are_refused(model, speech):
+    _, audio = speech[1]
+    with pytest.raises(TypeError, match="unknown transcription option 'beam_width'"):
+        model.transcribe(audio, beam_width=3)
+    with pytest.raises(ValueError, match="'carry_initial_prompt' is not supported"):
+        model.transcribe(audio, carry_initial_prompt=True)
+    with pytest.raises(ValueError, match="unknown language 'klingon'"):
+        model.transcribe(audio, language="klingon")
+    with pytest.raises(ValueError, match="vad_filter removes non-speech audio"):
+        model.transcribe(audio, vad_filter=True)
+
+
+def test_engine_needs_a_ctranslate2_folder(model):
+    from_pt = dataclasses.replace(model.loaded, ct2_dir=None, source="/models/tiny.en.pt")
+    with pytest.raises(EngineError, match="needs a CTranslate2 model folder; tiny.en was loaded"):
+        make_engine("ct2", from_pt, model.tap)
+    with pytest.raises(TypeError, match="engine 'torch' takes no compute_type"):
+        make_engine("torch", model.loaded, model.tap, compute_type="int8")
+    with pytest.raises(ValueError, match="unknown engine 'onnx'"):
+        make_engine("onnx", model.loaded, model.tap)
+
+
+def test_compute_type_is_passed_to_ctranslate2(model, speech):
+    engine = make_engine("ct2", model.loaded, model.tap, compute_type="int8")
+    assert engine.model.model.compute_type == "int8_float32"
+    _, audio = speech[1]
+    result = engine.transcribe(audio, None, temperature=0.0, beam_size=1)
+    assert "old" in result["text"]  # "He was not an old-sposed young man." (int8 decoder)
+
+
+@pytest.mark.skipif("base" not in available_models(), reason="multilingual base not installed")
+def test_language_detection_pass_is_tagged_once(speech, long_speech, caplog):
+    # faster-whisper encodes the first window for language detection: under 30 s with one
+    # more mel frame than decoding (so twice, as faster-whisper does), else the same window
+    model = whisper_at.load_model("base", device="cpu", head=random_head(6, 512), engine="ct2")
+    faster = WhisperModel(str(model.loaded.ct2_dir), device="cpu", compute_type="default")
+    for audio, passes in ((speech[0][1], 2), (long_speech[: 45 * 16000], 2)):
+        model.tap.n_passes = 0
+        with caplog.at_level(logging.WARNING, logger="whisper_at"):
+            result = model.transcribe(audio, at_time_res=10.0, temperature=0.0, beam_size=1)
+        assert result["language"] == "en"
+        assert model.tap.n_passes == passes
+        assert result["audio_tag"].shape[0] == math.ceil(len(audio) / 16000 / 10.0)
+        assert view(result["segments"]) == faster_view(faster, audio, temperature=0.0, beam_size=1)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -1,0 +1,464 @@
+"""Training side: feature extraction, head training, evaluation, metrics and the CLI.
+
+Real tiny.en weights and real speech (LibriVox, Asterisk prompts) mixed with generated
+sine waves, white noise and ticks; every clip is exactly 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+import whisper_at
+from whisper_at.audio import load_audio
+from whisper_at.heads import HEAD_TYPES, HeadConfig, TaggingHead, load_head
+from whisper_at.labels import audioset_labels
+from whisper_at.pipeline import WhisperAT, _window_mel
+from whisper_at.training import (
+    FeatureStoreError,
+    ManifestError,
+    evaluate_head,
+    extract_features,
+    labels_from_manifest,
+    load_features,
+    read_manifest,
+    tagging_metrics,
+    train_head,
+)
+from whisper_at.training.cli import evaluate_main, features_main, train_main
+from whisper_at.training.features import pack_window
+from whisper_at.training.train import lr_factor, lr_schedule, sample_weights
+from whisper_at.weights import load_whisper
+
+SR = 16000
+CLIP = 10 * SR
+KINDS = {  # kind -> AudioSet labels
+    "sine": ["Sine wave"],
+    "noise": ["White noise"],
+    "tick": ["Tick"],
+    "speech": ["Speech"],
+    "female": ["Speech", "Female speech, woman speaking"],
+    "sine_speech": ["Sine wave", "Speech"],
+}
+CUSTOM = {  # the same audio under a 3-class custom label set ("tick" clips are negatives)
+    "sine": ["beep"],
+    "noise": ["hiss"],
+    "tick": [],
+    "speech": ["voice"],
+    "female": ["voice"],
+    "sine_speech": ["beep", "voice"],
+}
+SPLIT_SIZES = {"train": 3, "valid": 1, "test": 1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads on a shared 2-core machine oversubscribe it (steps get 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_wav(path: Path, x: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, librivox_clips, asterisk_prompts):
+    """31 clips (6 kinds x 5, one extra test clip): wav files and their row data."""
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    male = [load_audio(c.path) for c in librivox_clips]
+    female = [load_audio(c.path, format=c.format) for c in asterisk_prompts[:12]]
+    t = np.arange(CLIP) / SR
+
+    def sine():
+        return 0.3 * np.sin(2 * np.pi * rng.uniform(300, 2000) * t)
+
+    def talk(pool):
+        x, pos = np.zeros(CLIP), 0
+        while pos < CLIP - SR:
+            piece = pool[rng.integers(len(pool))][: CLIP - pos]
+            x[pos : pos + piece.size] = piece
+            pos += piece.size + SR // 4
+        return x
+
+    def ticks():
+        x = np.zeros(CLIP)
+        x[rng.integers(0, CLIP - 50, 40)] = 0.9
+        return x
+
+    make = {
+        "sine": sine,
+        "noise": lambda: 0.1 * rng.standard_normal(CLIP),
+        "tick": ticks,
+        "speech": lambda: talk(male),
+        "female": lambda: talk(female),
+        "sine_speech": lambda: 0.5 * sine() + talk(male),
+    }
+    rows = []
+    for split, n in SPLIT_SIZES.items():
+        for k in range(n):
+            for kind in KINDS:
+                path = write_wav(folder / f"{split}-{kind}-{k}.wav", make[kind]())
+                rows.append({"path": path.name, "kind": kind, "split": split, "rec": path.stem})
+    extra = write_wav(folder / "test-sine-extra.wav", make["sine"]())
+    rows.append({"path": extra.name, "kind": "sine", "split": "test", "rec": extra.stem})
+    order = rng.permutation(len(rows) - 1).tolist() + [len(rows) - 1]  # extra clip stays last
+    return folder, [rows[i] for i in order]
+
+
+def manifest_rows(rows: list[dict], labels: dict[str, list[str]], splits=None) -> list[dict]:
+    return [
+        {"path": r["path"], "labels": labels[r["kind"]], "split": r["split"], "recording": r["rec"]}
+        for r in rows
+        if splits is None or r["split"] in splits
+    ]
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_whisper("tiny.en")
+
+
+@pytest.fixture(scope="module")
+def store(dataset, loaded, tmp_path_factory):
+    folder, rows = dataset
+    manifest = write_manifest(folder / "manifest.jsonl", manifest_rows(rows, KINDS))
+    out = tmp_path_factory.mktemp("store") / "features"
+    report = extract_features(loaded, manifest, out, batch_size=2, shard_size=6, progress=False)
+    return manifest, out, report
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    _, features, _ = store
+    out = tmp_path_factory.mktemp("head") / "head.safetensors"
+    result = train_head(
+        features, "tl_tr", out=out, epochs=20, lr=1e-3, batch_size=8, seed=0, progress=False
+    )
+    return result
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def test_metrics_on_a_hand_computed_example():
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    scores = np.array([[0.9, 0.2, 0.5], [0.8, 0.7, 0.1], [0.3, 0.6, 0.2], [0.1, 0.9, 0.3]])
+    m = tagging_metrics(targets, scores)
+    # class 0: ranking pos(.9) neg(.8) pos(.3) neg(.1): AP = (1 + 2/3) / 2; AUC = 3/4
+    # class 1: ranking neg(.9) pos(.7) pos(.6) neg(.2): AP = (1/2 + 2/3) / 2; AUC = 2/4
+    # class 2: no positive -> left out of the means
+    assert m.per_class[0]["ap"] == pytest.approx(5 / 6)
+    assert m.per_class[0]["auc"] == pytest.approx(0.75)
+    assert m.per_class[1]["ap"] == pytest.approx(7 / 12)
+    assert m.per_class[1]["auc"] == pytest.approx(0.5)
+    assert m.per_class[2]["ap"] is None and m.per_class[2]["positives"] == 0
+    assert m.n_classes == 2
+    assert m.mAP == pytest.approx((5 / 6 + 7 / 12) / 2)
+    assert m.mAUC == pytest.approx(0.625)
+    # d' = sqrt(2) * Phi^-1(0.625); Phi^-1(0.625) = 0.31863936396437514
+    assert m.d_prime == pytest.approx(math.sqrt(2) * 0.31863936396437514)
+
+
+def test_metrics_perfect_and_restricted():
+    targets = np.array([[1, 0], [0, 1], [1, 0]])
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.4]])
+    m = tagging_metrics(targets, scores, classes=[1])
+    assert [r["index"] for r in m.per_class] == [1]
+    assert (m.mAP, m.mAUC) == (1.0, 1.0)
+    assert m.d_prime == math.inf
+    empty = tagging_metrics(np.zeros((2, 2)), np.ones((2, 2)))
+    assert math.isnan(empty.mAP) and math.isnan(empty.d_prime)
+
+
+# -- recipe pieces ---------------------------------------------------------------------------
+def test_lr_schedule_follows_the_paper_and_scales_down():
+    assert lr_schedule(30) == (15, 5)
+    assert lr_schedule(60) == (15, 5)
+    assert lr_schedule(12) == (6, 2)
+    assert lr_schedule(1) == (1, 1)
+    assert [lr_factor(e, 15, 5, 0.75) for e in (15, 16, 20, 21, 30)] == [
+        1.0,
+        0.75,
+        0.75,
+        0.75**2,
+        0.75**3,
+    ]
+
+
+def test_class_balanced_weights():
+    targets = torch.tensor([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=torch.uint8)
+    w = sample_weights(targets)
+    assert w[0] == pytest.approx(1000 / 3.01)
+    assert w[2] == pytest.approx(1000 / 3.01 + 1000 / 1.01)
+    assert w[3] == pytest.approx(1000 / 1.01)  # unlabeled clips count as one more class
+
+
+def test_packing_uses_the_pipelines_window_mel():
+    rng = np.random.default_rng(1)
+    clips = [rng.standard_normal(CLIP).astype(np.float32) * 0.1 for _ in range(3)]
+    full = pack_window(clips, 80)
+    assert torch.equal(full, _window_mel(torch.from_numpy(np.concatenate(clips)), 80))
+    last = pack_window(clips[:1], 80)  # a last group of one clip: the end of a file
+    assert torch.equal(last, _window_mel(torch.from_numpy(clips[0]), 80))
+    assert last.shape == (80, 3000) and torch.all(last[:, 1000:] == 0)
+
+
+# -- manifests -------------------------------------------------------------------------------
+def test_manifest_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "m.jsonl"
+    bad.write_text('{"path": "a.wav", "labels": ["Speech"]}\n{"labels": []}\n')
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: missing 'path'"):
+        read_manifest(bad)
+    unknown = write_manifest(tmp_path / "u.jsonl", [{"path": "a.wav", "labels": ["Beep boop"]}])
+    with pytest.raises(ManifestError, match="Beep boop.*--custom-labels"):
+        extract_features("tiny.en", unknown, tmp_path / "f", progress=False)
+    assert not (tmp_path / "f").exists()
+    rows = [{"path": "a.wav", "labels": ["b", "a"]}, {"path": "b.wav", "labels": ["c"]}]
+    clips = read_manifest(write_manifest(tmp_path / "c.jsonl", rows))
+    assert labels_from_manifest(clips).names == ("a", "b", "c")
+    assert clips[0].path == str(tmp_path / "a.wav") and clips[0].split == "train"
+
+
+def test_corpus_builder_rows_are_accepted(tmp_path):
+    row = {"path": "x.wav", "labels": [0, 137], "label_names": ["Speech", "Music"]}
+    row |= {"recording_id": "rec1", "split": "valid", "start": 0.0, "end": 10.0}
+    (clip,) = read_manifest(write_manifest(tmp_path / "m.jsonl", [row]))
+    assert clip.labels == ("Speech", "Music") and clip.recording == "rec1"
+    assert clip.split == "valid" and clip.end == 10.0
+
+
+# -- feature extraction ----------------------------------------------------------------------
+def test_extraction_shapes_and_meta(store, loaded):
+    _, out, report = store
+    assert report.n_clips == 31 and report.shards_written == 6 and report.shards_skipped == 0
+    assert report.encoder_passes == 6  # 11 windows of 3 clips, batches of 2 within 6-clip shards
+    data = load_features(out)
+    assert data.features.shape == (31, 4, 25, 384)
+    assert data.features.dtype == torch.float16
+    assert torch.isfinite(data.features.float()).all()
+    assert data.targets.shape == (31, 527) and data.targets.dtype == torch.uint8
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["whisper_name"] == "tiny.en" and meta["whisper_sha256"] == loaded.sha256
+    assert (meta["n_layer"], meta["d_model"], meta["window_seconds"]) == (4, 384, 10)
+    assert meta["clips_per_window"] == 3 and meta["complete"]
+    assert len(meta["label_names"]) == 527
+    speech = data.labels.index("Speech")
+    assert all(
+        bool(data.targets[i, speech]) == ("speech" in cid or "female" in cid)
+        for i, cid in enumerate(data.ids)
+    )
+    assert data.splits.count("train") == 18 and data.splits.count("test") == 7
+    with safe_open(str(out / "shard-00000.safetensors"), framework="pt") as f:
+        assert set(f.keys()) == {"features", "targets"}
+
+
+def test_resume_does_no_encoder_work(store, loaded):
+    manifest, out, _ = store
+    before = load_features(out).features
+    again = extract_features(loaded, manifest, out, batch_size=2, shard_size=6, progress=False)
+    assert again.encoder_passes == 0 and again.shards_skipped == 6 and again.shards_written == 0
+    assert torch.equal(load_features(out).features, before)
+
+
+def test_interrupted_extraction_resumes(store, loaded, tmp_path):
+    manifest, out, _ = store
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "shard-00002.json").unlink()  # as if killed while writing shard 2
+    (copy / "shard-00002.safetensors").unlink()
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, "complete": False}))
+    with pytest.raises(FeatureStoreError, match="did not finish"):
+        load_features(copy)
+    again = extract_features(loaded, manifest, copy, batch_size=2, shard_size=6, progress=False)
+    assert again.shards_written == 1 and again.encoder_passes == 1
+    assert torch.equal(load_features(copy).features, load_features(out).features)
+
+
+def test_a_changed_manifest_is_refused(store, loaded, tmp_path):
+    manifest, out, _ = store
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows[0]["labels"] = ["Tick"]
+    changed = write_manifest(manifest.parent / "changed.jsonl", rows)
+    with pytest.raises(FeatureStoreError, match="manifest .* changed"):
+        extract_features(loaded, changed, out, batch_size=2, shard_size=6, progress=False)
+    code = features_main([str(changed), "--out", str(out), "--no-progress"])
+    assert code == 1
+
+
+def test_features_equal_the_bins_that_tag_pools(store, loaded, dataset):
+    """Clips 0-2 form one 30 s window; the extra last clip is a lone 10 s window (file end)."""
+    folder, rows = dataset
+    _, out, _ = store
+    data = load_features(out)
+
+    class Capture(TaggingHead):
+        def forward(self, features):
+            self.seen.append(features.detach().clone())
+            return super().forward(features)
+
+    head = Capture(capture_config())
+    head.seen = []
+    model = WhisperAT(loaded, head)
+    audio = [load_audio(folder / rows[i]["path"]) for i in (0, 1, 2, 30)]
+    assert all(a.shape == (CLIP,) for a in audio)
+    result = model.tag(np.concatenate(audio[:3]), batch_size=1)
+    assert result.logits.shape[0] == 3
+    pooled = torch.cat(head.seen)
+    assert pooled.shape == (3, 4, 25, 384)
+    expected = data.features[:3].float()
+    torch.testing.assert_close(pooled, expected, atol=1e-2, rtol=2e-3)
+    head.seen = []
+    model.tag(audio[3])
+    torch.testing.assert_close(head.seen[0][0], data.features[30].float(), atol=1e-2, rtol=2e-3)
+
+
+def capture_config() -> HeadConfig:
+    labels = audioset_labels()
+    return HeadConfig("mean_linear", 4, 384, list(labels.names), list(labels.ids))
+
+
+# -- training --------------------------------------------------------------------------------
+def test_training_learns_the_easy_set(trained, store):
+    _, features, _ = store
+    curves = trained.curves
+    assert len(curves) == 20
+    assert curves[-1]["train_loss"] < 0.5 * curves[0]["train_loss"]
+    assert curves[-1]["valid_loss"] < curves[0]["valid_loss"]
+    assert trained.metrics["mAP"] > 0.7
+    train_eval = evaluate_head(trained.path, features, split="train", progress=False)
+    assert train_eval["mAP"] > 0.85
+    record = json.loads(trained.path.with_name(trained.path.name + ".curves.json").read_text())
+    assert record["epochs"] == curves and record["options"]["lr_decay_start"] == 10
+
+
+def test_saved_head_reloads_identically_and_carries_its_config(trained, store, loaded):
+    _, features, _ = store
+    head = load_head(trained.path)
+    x = load_features(features, splits=["test"]).features.float()
+    with torch.no_grad():
+        torch.testing.assert_close(head(x), trained.head(x), atol=0, rtol=0)
+    cfg = head.config
+    assert cfg.whisper_name == "tiny.en" and cfg.whisper_sha256 == loaded.sha256
+    assert len(cfg.label_names) == 527 and cfg.label_ids[0] == "/m/09x0r"
+    names = {cfg.label_names[c] for c in cfg.trained_classes}
+    assert names == {"Sine wave", "White noise", "Tick", "Speech", "Female speech, woman speaking"}
+    assert (cfg.window_seconds, cfg.encoder_input_seconds) == (10.0, 30.0)
+    assert set(cfg.metrics) == {"mAP", "mAUC", "d_prime"}
+    assert cfg.metrics["mAP"] == pytest.approx(trained.metrics["mAP"])
+
+
+def test_training_is_reproducible(store, tmp_path):
+    _, features, _ = store
+    kwargs = {"epochs": 2, "batch_size": 8, "seed": 3, "progress": False}
+    a = train_head(features, "tl_tr", out=tmp_path / "a.safetensors", **kwargs)
+    b = train_head(features, "tl_tr", out=tmp_path / "b.safetensors", **kwargs)
+    for (k, va), vb in zip(a.head.state_dict().items(), b.head.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert a.curves[-1]["train_loss"] == b.curves[-1]["train_loss"]
+
+
+@pytest.mark.parametrize("head_type", HEAD_TYPES)
+def test_every_head_type_trains(store, tmp_path, head_type):
+    _, features, _ = store
+    out = tmp_path / f"{head_type}.safetensors"
+    result = train_head(
+        features, head_type, out=out, epochs=1, batch_size=8, proj_dim=64, progress=False
+    )
+    head = load_head(out)
+    assert head.config.head_type == head_type
+    assert math.isfinite(result.curves[0]["train_loss"])
+    if head_type == "tl_tr_low":
+        assert head.config.proj_dim == 64
+
+
+def test_evaluation_report(trained, store, tmp_path):
+    _, features, _ = store
+    out = tmp_path / "eval" / "report.json"
+    report = evaluate_head(trained.path, features, split="test", out=out, progress=False)
+    assert report["n_clips"] == 7 and report["n_classes_evaluated"] == 5
+    saved = json.loads(out.read_text())
+    assert saved["mAP"] == pytest.approx(report["mAP"])
+    by_name = {row["name"]: row for row in report["per_class"]}
+    assert by_name["Sine wave"]["positives"] == 3 and by_name["Speech"]["positives"] == 3
+    assert {row["name"] for row in report["confusions"]} == set(by_name)
+    text = out.with_suffix(".md").read_text()
+    assert "| Sine wave | 3 |" in text and "mAP" in text
+
+
+# -- custom labels, end to end through the CLI -----------------------------------------------
+def test_custom_label_set_end_to_end(dataset, tmp_path):
+    folder, rows = dataset
+    manifest = write_manifest(
+        folder / "custom.jsonl", manifest_rows(rows, CUSTOM, splits=("train", "valid"))
+    )
+    labels = tmp_path / "labels.txt"
+    labels.write_text("beep\nhiss\nvoice\n")
+    features = tmp_path / "features"
+    head = tmp_path / "custom.safetensors"
+    assert features_main([str(manifest), "--out", str(features), "--labels", str(labels),
+                          "--batch-size", "4", "--no-progress"]) == 0  # fmt: skip
+    assert train_main([str(features), "--out", str(head), "--epochs", "12", "--lr", "1e-3",
+                       "--batch-size", "8", "--no-progress"]) == 0  # fmt: skip
+    report_path = tmp_path / "custom-eval.json"
+    assert evaluate_main([str(head), "--features", str(features), "--split", "valid",
+                          "--out", str(report_path), "--no-progress"]) == 0  # fmt: skip
+    report = json.loads(report_path.read_text())
+    assert {row["name"] for row in report["per_class"]} == {"beep", "hiss", "voice"}
+
+    model = whisper_at.load_model("tiny.en", device="cpu", head=head)
+    assert model.labels.names == ("beep", "hiss", "voice")
+    sine = next(r for r in rows if r["kind"] == "sine" and r["split"] == "test")
+    result = model.tag(folder / sine["path"])
+    tags = result.windows(top_k=5)[0].tags
+    assert {t.label for t in tags} <= {"beep", "hiss", "voice"}
+    assert tags[0].label == "beep"
+
+
+def test_cli_usage_and_errors(tmp_path, capsys):
+    assert features_main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "f")]) == 1
+    assert "manifest not found" in capsys.readouterr().err
+    assert train_main([str(tmp_path), "--out", str(tmp_path / "h.safetensors")]) == 1
+    assert "not a feature store" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([str(tmp_path / "h.safetensors")])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([str(tmp_path), "--out", "h", "--head-type", "nope"])
+    assert exit_info.value.code == 2
+
+
+def test_evaluation_from_a_manifest(trained, dataset, tmp_path):
+    """Features extracted on the fly with the head's Whisper and label set, then scored."""
+    folder, rows = dataset
+    manifest = write_manifest(
+        folder / "test-only.jsonl", manifest_rows(rows, KINDS, splits=("test",))
+    )
+    out = tmp_path / "from-manifest.json"
+    code = evaluate_main(
+        [str(trained.path), "--manifest", str(manifest), "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["n_clips"] == 7 and report["n_classes_evaluated"] == 5
+    assert report["mAP"] is not None and report["mAP"] > 0.5

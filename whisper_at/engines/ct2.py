@@ -1,0 +1,276 @@
+"""The CTranslate2 engine: faster-whisper's own ``transcribe``, decoding from our encoder pass.
+
+The tagging head needs every encoder block's output, which CTranslate2's encoder
+does not expose. So the encoder runs in PyTorch, once per window, through the
+:class:`~whisper_at.tap.EncoderTap`, and faster-whisper's unchanged transcription
+loop decodes with CTranslate2 from that encoder output: :class:`TappedWhisperModel`
+overrides only ``WhisperModel.encode``. faster-whisper calls ``encode`` once per
+decoding window (and once per language-detection window); temperature fallback
+and word alignment reuse the encoder output it returned.
+
+Options use openai-whisper's names (what the pipeline and the CLI pass) and are
+mapped to faster-whisper's; where none is given, faster-whisper's defaults apply
+(beam search of width 5, for instance), except that voice activity detection is
+off unless asked for. See ``docs/engines.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import ctranslate2
+import numpy as np
+import torch
+from faster_whisper import WhisperModel
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+from ..tap import EncoderPass, EncoderTap
+from ..weights import LoadedWhisper
+from . import WindowLocator, WindowSink
+
+logger = logging.getLogger("whisper_at")
+
+DEFAULT_COMPUTE_TYPE = "default"  # faster-whisper's: the saved type (fp16), float32 on CPU
+
+# openai-whisper option name -> faster-whisper ``WhisperModel.transcribe`` argument
+OPENAI_OPTIONS = {
+    "language": "language",
+    "task": "task",
+    "temperature": "temperature",
+    "beam_size": "beam_size",
+    "best_of": "best_of",
+    "patience": "patience",
+    "length_penalty": "length_penalty",
+    "compression_ratio_threshold": "compression_ratio_threshold",
+    "logprob_threshold": "log_prob_threshold",
+    "no_speech_threshold": "no_speech_threshold",
+    "condition_on_previous_text": "condition_on_previous_text",
+    "initial_prompt": "initial_prompt",
+    "word_timestamps": "word_timestamps",
+    "prepend_punctuations": "prepend_punctuations",
+    "append_punctuations": "append_punctuations",
+    "clip_timestamps": "clip_timestamps",
+    "hallucination_silence_threshold": "hallucination_silence_threshold",
+    "suppress_tokens": "suppress_tokens",
+    "suppress_blank": "suppress_blank",
+    "without_timestamps": "without_timestamps",
+    "max_initial_timestamp": "max_initial_timestamp",
+    "prefix": "prefix",
+    "sample_len": "max_new_tokens",
+}
+# openai-whisper options where None means "the default": dropped, so faster-whisper's applies
+NONE_IS_DEFAULT = {"language", "beam_size", "best_of", "patience", "length_penalty", "sample_len"}
+# accepted and ignored: printing, and fp16 (the CTranslate2 compute_type decides precision)
+IGNORED_OPTIONS = {"verbose", "fp16"}
+# faster-whisper's own arguments, passed through unchanged
+NATIVE_OPTIONS = {
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "prompt_reset_on_temperature",
+    "hotwords",
+    "multilingual",
+    "language_detection_threshold",
+    "vad_filter",
+    "vad_parameters",
+    "log_progress",
+}
+# known, but not offered by this engine, and why
+UNSUPPORTED_OPTIONS = {
+    "carry_initial_prompt": "faster-whisper has no equivalent",
+    "prompt": "use initial_prompt",
+    "chunk_length": "the encoder and the tagger work on 30 s windows",
+    "language_detection_segments": "only the first window is used for language detection",
+}
+
+
+class EngineError(ValueError):
+    """The ct2 engine cannot run with this model or these options."""
+
+
+def faster_whisper_options(options: dict[str, Any]) -> dict[str, Any]:
+    """openai-whisper-style transcription options -> ``WhisperModel.transcribe`` arguments.
+
+    Raises TypeError for a name neither library knows, ValueError for one this engine
+    does not offer.
+    """
+    mapped: dict[str, Any] = {"vad_filter": False}
+    for name, value in options.items():
+        if name in IGNORED_OPTIONS:
+            continue
+        if name in UNSUPPORTED_OPTIONS:
+            if name == "carry_initial_prompt" and not value:
+                continue
+            raise EngineError(
+                f"option {name!r} is not supported by the ct2 engine ({UNSUPPORTED_OPTIONS[name]})"
+            )
+        if name in NATIVE_OPTIONS:
+            mapped[name] = value
+            continue
+        if name not in OPENAI_OPTIONS:
+            known = sorted(OPENAI_OPTIONS.keys() | NATIVE_OPTIONS | IGNORED_OPTIONS)
+            raise TypeError(
+                f"unknown transcription option {name!r} for the ct2 engine; "
+                f"known: {', '.join(known)}"
+            )
+        if value is None and name in NONE_IS_DEFAULT:
+            continue
+        if name == "language":
+            value = _language_code(value)
+        elif name == "temperature" and isinstance(value, Iterable):
+            value = [float(t) for t in value]
+        elif name == "suppress_tokens":
+            value = _token_list(value)
+        mapped[OPENAI_OPTIONS[name]] = value
+    return mapped
+
+
+def _language_code(language: str) -> str:
+    code = language.lower()
+    code = TO_LANGUAGE_CODE.get(code, code)
+    if code not in LANGUAGES:
+        raise EngineError(f"unknown language {language!r}")
+    return code
+
+
+def _token_list(tokens: str | Iterable[int] | None) -> list[int] | None:
+    """openai-whisper takes "-1" or "1,2,3" as well as a list of token ids."""
+    if tokens is None:
+        return None
+    if isinstance(tokens, str):
+        return [int(t) for t in tokens.split(",") if t.strip()]
+    return [int(t) for t in tokens]
+
+
+class TappedWhisperModel(WhisperModel):
+    """faster-whisper's ``WhisperModel`` whose encoder is the tapped PyTorch encoder.
+
+    Only ``encode`` changes: CTranslate2 still decodes, aligns words and detects the
+    language, from the encoder output the PyTorch encoder gave (CTranslate2 takes an
+    already encoded ``[batch, 1500, d]`` input as it is, moved to its device and type).
+    """
+
+    def __init__(self, model_dir: str, tap: EncoderTap, torch_device: torch.device, **kwargs):
+        super().__init__(model_dir, **kwargs)
+        self.tap = tap
+        self.torch_device = torch_device
+        self.encoder_dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+        self._encoded: torch.Tensor | np.ndarray | None = None  # memory the StorageView reads
+        self._detecting = False  # inside faster-whisper's language detection
+        self._unplaced: EncoderPass | None = None  # its pass, not handed to the tagger yet
+
+    def detect_language(self, *args: Any, **kwargs: Any) -> Any:
+        self._detecting = True
+        try:
+            return super().detect_language(*args, **kwargs)
+        finally:
+            self._detecting = False
+
+    def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
+        if features.ndim == 2:
+            features = np.expand_dims(features, 0)
+        mel = torch.from_numpy(features).to(self.torch_device, self.encoder_dtype)
+        tap, listener, passes = self.tap, self.tap.listener, self.tap.n_passes
+        if self._detecting:  # the tagger takes the windows that decoding encodes
+            tap.listener = None
+        try:
+            with torch.inference_mode():
+                output = tap(mel)  # [batch, 1500, d]; the remembered pass for the same input
+        finally:
+            tap.listener = listener
+        if self._detecting:
+            self._unplaced = tap.last_pass if tap.n_passes > passes else None
+        else:
+            if tap.last_pass is self._unplaced and tap.n_passes == passes and listener:
+                listener(self._unplaced)  # language detection's pass, now decoded from
+            self._unplaced = None
+        if output.is_cuda:
+            self._encoded = output.contiguous()
+        else:
+            self._encoded = np.ascontiguousarray(output.float().numpy())
+        return ctranslate2.StorageView.from_array(self._encoded)
+
+
+class CTranslate2Engine:
+    """Transcripts are faster-whisper's: its loop and its CTranslate2 decoder, our encoder pass.
+
+    compute_type: CTranslate2's decoder precision ("default": the saved fp16 on CUDA,
+    float32 on CPU; "int8", "int8_float16", ...). The encoder always runs in PyTorch
+    (fp32 on CPU, fp16 on CUDA). cpu_threads: CTranslate2's threads (0: its default).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedWhisper,
+        tap: EncoderTap,
+        compute_type: str | None = None,
+        cpu_threads: int = 0,
+    ) -> None:
+        if loaded.ct2_dir is None:
+            raise EngineError(
+                f"the ct2 engine needs a CTranslate2 model folder; {loaded.name} was loaded "
+                f"from {loaded.source}. Use engine='torch', or load a CTranslate2 folder "
+                "(model.bin, config.json, tokenizer.json)"
+            )
+        if not (loaded.ct2_dir / "tokenizer.json").is_file():
+            raise EngineError(
+                f"{loaded.ct2_dir} has no tokenizer.json, which faster-whisper needs offline"
+            )
+        device = loaded.model.device
+        self.compute_type = compute_type or DEFAULT_COMPUTE_TYPE
+        self.tap = tap
+        self.n_mels = loaded.model.dims.n_mels
+        self.model = TappedWhisperModel(
+            str(loaded.ct2_dir),
+            tap,
+            device,
+            device="cuda" if device.type == "cuda" else "cpu",
+            device_index=device.index or 0,
+            compute_type=self.compute_type,
+            cpu_threads=cpu_threads,
+        )
+        if self.model.feature_extractor.mel_filters.shape[0] != self.n_mels:
+            raise EngineError(
+                f"{loaded.ct2_dir}: faster-whisper computes "
+                f"{self.model.feature_extractor.mel_filters.shape[0]} mel bands but the "
+                f"encoder takes {self.n_mels} (preprocessor_config.json missing?)"
+            )
+
+    def transcribe(
+        self, samples: np.ndarray, on_window: WindowSink | None, **options: Any
+    ) -> dict[str, Any]:
+        arguments = faster_whisper_options(options)
+        if on_window is not None and arguments.get("vad_filter"):
+            raise EngineError(
+                "vad_filter removes non-speech audio before it is encoded, so it cannot be "
+                "tagged; transcribe without vad_filter, or load the model with head=None"
+            )
+        samples = np.asarray(samples, dtype=np.float32)
+        if on_window is not None:
+            # the same features faster-whisper computes (and slices its windows from)
+            features = self.model.feature_extractor(samples)
+            mel = torch.from_numpy(features).to(self.model.encoder_dtype).float()  # as encoded
+            locator = WindowLocator(mel, features.shape[-1] - 1)
+            self.tap.listener = locator.listener(on_window)
+        try:
+            segments, info = self.model.transcribe(samples, **arguments)
+            segments = [_segment_dict(s) for s in segments]  # the generator does the work
+        finally:
+            self.tap.listener = None
+            self.tap.forget()
+            self.model._encoded = self.model._unplaced = None
+        return {
+            "text": "".join(s["text"] for s in segments),
+            "segments": segments,
+            "language": info.language,
+        }
+
+
+def _segment_dict(segment: Any) -> dict[str, Any]:
+    """A faster-whisper ``Segment`` as openai-whisper's segment dict."""
+    fields = dataclasses.asdict(segment)
+    if fields.get("words") is None:
+        fields.pop("words", None)
+    return fields

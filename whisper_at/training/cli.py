@@ -1,0 +1,237 @@
+"""Command-line entry points: ``whisper-at features extract``, ``train`` and ``evaluate``.
+
+Each ``*_main(argv)`` takes the arguments after its subcommand words and returns an
+exit status: 0 on success, 1 when the work failed (the reason is printed), 2 for
+bad usage (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from ..heads import HEAD_TYPES
+from ..labels import LabelSet, audioset_labels
+
+logger = logging.getLogger("whisper_at")
+USER_ERRORS = (OSError, ValueError, KeyError)  # FeatureStoreError, HeadError, ... are ValueErrors
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+def _run(fn, args: argparse.Namespace, prog: str) -> int:
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        fn(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _label_set(args: argparse.Namespace) -> LabelSet:
+    from .manifest import labels_from_manifest, read_label_file, read_manifest
+
+    if args.labels:
+        return read_label_file(args.labels)
+    if args.custom_labels:
+        return labels_from_manifest(read_manifest(args.manifest))
+    return audioset_labels()
+
+
+# -- whisper-at features extract ------------------------------------------------------------
+def features_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="whisper-at features extract",
+        description="Extract every encoder block's pooled output for the clips of a manifest "
+        "(three 10 s clips per 30 s encoder window). Resumes an interrupted run.",
+    )
+    p.add_argument("manifest", help="JSON-lines manifest (path, start, end, labels, split, ...)")
+    p.add_argument("--out", required=True, help="feature store folder")
+    p.add_argument("--model", default="tiny.en", help="Whisper name or local path")
+    p.add_argument("--model-dir", help="where OpenAI .pt checkpoints are looked for")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--labels", help="custom label set: a file with one class name per line")
+    labels.add_argument(
+        "--custom-labels",
+        action="store_true",
+        help="custom label set made of the manifest's label names (sorted)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="30 s windows per pass")
+    p.add_argument("--shard-size", type=_positive_int, default=960, help="clips per shard")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def features_main(argv: list[str] | None = None) -> int:
+    args = features_parser().parse_args(argv)
+
+    def run(args: argparse.Namespace) -> None:
+        from .features import extract_features
+
+        report = extract_features(
+            args.model,
+            args.manifest,
+            args.out,
+            batch_size=args.batch_size,
+            device=args.device,
+            labels=_label_set(args),
+            shard_size=args.shard_size,
+            progress=not args.no_progress,
+            download_root=args.model_dir,
+        )
+        print(
+            f"{report.n_clips} clips in {report.out_dir}: {report.shards_written} shard(s) "
+            f"written, {report.shards_skipped} already there"
+        )
+
+    return _run(run, args, "whisper-at features extract")
+
+
+# -- whisper-at train ------------------------------------------------------------------------
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="whisper-at train",
+        description="Train a tagging head on a feature store (Whisper-AT recipe).",
+    )
+    p.add_argument("features", help="feature store folder (whisper-at features extract)")
+    p.add_argument("--out", required=True, help="head checkpoint to write (.safetensors)")
+    p.add_argument("--head-type", default="tl_tr", choices=HEAD_TYPES)
+    p.add_argument("--proj-dim", type=_positive_int, help="tl_tr_low width (default 512)")
+    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--lr", type=float, help="default 1e-4 (5e-5 for TL-TR on medium/large)")
+    p.add_argument("--batch-size", type=_positive_int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight-decay", type=float, default=5e-7)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--mixup", type=float, default=0.5, help="probability of mixing a clip")
+    p.add_argument("--time-mask", type=int, default=10, help="longest time mask (0.4 s frames)")
+    p.add_argument(
+        "--no-balanced-sampling", action="store_true", help="sample clips uniformly instead"
+    )
+    p.add_argument("--lr-decay", type=float, default=0.75)
+    p.add_argument("--lr-decay-start", type=int, help="default 15 (scaled under 30 epochs)")
+    p.add_argument("--lr-decay-step", type=_positive_int, help="default 5 (scaled)")
+    p.add_argument(
+        "--average-last",
+        type=_positive_int,
+        help="average the weights of the last K epochs (default: those after the decay start)",
+    )
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="held out by recording when the store has no valid split (0: none)",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+
+    def run(args: argparse.Namespace) -> None:
+        from .train import train_head
+
+        result = train_head(
+            args.features,
+            head_type=args.head_type,
+            out=args.out,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            proj_dim=args.proj_dim,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            mixup=args.mixup,
+            time_mask=args.time_mask,
+            balanced_sampling=not args.no_balanced_sampling,
+            lr_decay=args.lr_decay,
+            lr_decay_start=args.lr_decay_start,
+            lr_decay_step=args.lr_decay_step,
+            average_last=args.average_last,
+            valid_fraction=args.valid_fraction,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) or "no validation"
+        print(f"wrote {result.path} ({len(result.trained_classes)} trained classes; {shown})")
+
+    return _run(run, args, "whisper-at train")
+
+
+# -- whisper-at evaluate ---------------------------------------------------------------------
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="whisper-at evaluate",
+        description="Evaluate a head: mAP, mAUC, d', per-class AP and confusions.",
+    )
+    p.add_argument("head", help="head checkpoint (.safetensors)")
+    p.add_argument("--features", help="feature store folder (or where to extract to)")
+    p.add_argument("--manifest", help="manifest to extract features from first")
+    p.add_argument("--model", help="Whisper for --manifest (default: the head's)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--out", default="evaluation.json", help="report (.json; .md next to it)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability for confusions")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", help="cpu or cuda, for feature extraction")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    parser = evaluate_parser()
+    args = parser.parse_args(argv)
+    if not args.features and not args.manifest:
+        parser.error("give --features (a feature store) or --manifest")
+    if args.model and not args.manifest:
+        parser.error("--model only applies with --manifest")
+
+    def run(args: argparse.Namespace) -> None:
+        from .evaluate import evaluate_head
+
+        report = evaluate_head(
+            args.head,
+            args.features,
+            manifest=args.manifest,
+            model=args.model,
+            split=args.split,
+            out=args.out,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+
+        def fmt(x):
+            return "-" if x is None else f"{x:.4f}"
+
+        print(
+            f"{report['split']}: {report['n_clips']} clips, {report['n_classes_evaluated']} "
+            f"classes: mAP {fmt(report['mAP'])}, mAUC {fmt(report['mAUC'])}, "
+            f"d' {fmt(report['d_prime'])}; report in {args.out}"
+        )
+
+    return _run(run, args, "whisper-at evaluate")

@@ -1,0 +1,237 @@
+"""Evaluate a trained head on a split of a feature store (or of a manifest).
+
+Reports mAP, mAUC and d' over the classes the head reports (its trained classes)
+that have positives in the split, per-class AP / AUC with names and positive
+counts, and a confusion summary: for each class, which other classes were scored
+above the threshold on its clips (and which outranked it), plus the most frequent
+(true, predicted) pairs overall. Written as JSON and as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..heads import HeadError, TaggingHead, load_head
+from .features import FeatureStoreError, extract_features, load_features
+from .metrics import tagging_metrics
+from .train import predict
+
+
+def _align_targets(head: TaggingHead, store_ids: list[str], targets: torch.Tensor) -> np.ndarray:
+    """Store targets re-indexed to the head's classes (by label id); absent classes are 0."""
+    column = {ident: i for i, ident in enumerate(store_ids)}
+    out = np.zeros((targets.shape[0], head.config.n_classes), dtype=np.uint8)
+    shared = 0
+    for c, ident in enumerate(head.config.label_ids):
+        if ident in column:
+            out[:, c] = targets[:, column[ident]].numpy()
+            shared += 1
+    if shared == 0:
+        raise HeadError("the head and the feature store share no class (label ids differ)")
+    return out
+
+
+def evaluate_head(
+    head_path: str | os.PathLike | TaggingHead,
+    features_dir: str | os.PathLike | None = None,
+    *,
+    manifest: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Metrics of a head on ``split``; writes ``out`` (JSON) and ``out`` with ``.md``.
+
+    Give ``features_dir`` (a feature store), or ``manifest`` (and optionally ``model``,
+    default the head's Whisper) to extract features first: into ``features_dir`` when
+    both are given (resumable), else into a temporary folder.
+    """
+    head = head_path if isinstance(head_path, TaggingHead) else load_head(head_path)
+    cfg = head.config
+    if features_dir is None and manifest is None:
+        raise ValueError("give a feature store (features_dir) or a manifest")
+    tmp = None
+    try:
+        if manifest is not None:
+            model = model or cfg.whisper_name
+            if not model:
+                raise ValueError("the head does not name its Whisper model: give model")
+            if features_dir is None:
+                tmp = tempfile.TemporaryDirectory(prefix="whisper-at-features-")
+                features_dir = tmp.name
+            extract_features(
+                model,
+                manifest,
+                features_dir,
+                batch_size=batch_size,
+                device=device,
+                labels=cfg.labels,
+                progress=progress,
+            )
+        data = load_features(features_dir, splits=[split])
+        report = _evaluate(head, data, split, threshold)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    report["head"] = str(head_path) if not isinstance(head_path, TaggingHead) else "<in memory>"
+    report["features"] = str(features_dir) if tmp is None else f"(extracted from {manifest})"
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(report_markdown(report), encoding="utf-8")
+    return report
+
+
+def _evaluate(head: TaggingHead, data, split: str, threshold: float) -> dict:
+    cfg = head.config
+    meta = data.meta
+    if len(data) == 0:
+        raise FeatureStoreError(f"the feature store has no clips in split {split!r}")
+    if (meta["n_layer"], meta["d_model"]) != (cfg.n_layer, cfg.d_model):
+        raise HeadError(
+            f"the head reads {cfg.n_layer} layers of width {cfg.d_model}, the features are "
+            f"{meta['n_layer']} x {meta['d_model']} ({meta['whisper_name']})"
+        )
+    if cfg.whisper_sha256 and cfg.whisper_sha256 != meta["whisper_sha256"]:
+        raise HeadError(
+            f"the head was trained on features of other Whisper weights ({cfg.whisper_name}, "
+            f"{cfg.whisper_sha256[:12]}) than these ({meta['whisper_name']}, "
+            f"{meta['whisper_sha256'][:12]})"
+        )
+    targets = _align_targets(head, meta["label_ids"], data.targets)
+    scores = torch.sigmoid(predict(head, data.features)).numpy()
+    reported = cfg.reported_classes
+    positives = targets.sum(axis=0)
+    evaluated = [c for c in reported if positives[c] > 0]
+    untrained = [c for c in range(cfg.n_classes) if positives[c] > 0 and c not in set(reported)]
+    m = tagging_metrics(targets, scores, evaluated)
+    names, ids = cfg.label_names, cfg.label_ids
+    predicted = scores >= threshold
+    per_class = []
+    for row in m.per_class:
+        c = row["index"]
+        hits = int((predicted[:, c] & (targets[:, c] > 0)).sum())
+        n_pred = int(predicted[:, c].sum())
+        per_class.append(
+            {
+                **row,
+                "name": names[c],
+                "id": ids[c],
+                "precision_at_threshold": hits / n_pred if n_pred else None,
+                "recall_at_threshold": hits / row["positives"],
+            }
+        )
+    confusions, pairs = _confusions(targets, scores, predicted, evaluated, reported, names)
+    return {
+        "split": split,
+        "n_clips": len(data),
+        "threshold": threshold,
+        "mAP": _num(m.mAP),
+        "mAUC": _num(m.mAUC),
+        "d_prime": _num(m.d_prime),
+        "n_classes_evaluated": m.n_classes,
+        "per_class": per_class,
+        "confusions": confusions,
+        "top_confusions": pairs,
+        "untrained_classes_with_positives": [
+            {"index": c, "name": names[c], "positives": int(positives[c])} for c in untrained
+        ],
+        "whisper_name": meta["whisper_name"],
+    }
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _confusions(targets, scores, predicted, evaluated, reported, names, top: int = 3):
+    reported_arr = np.asarray(reported)
+    per_class = []
+    pairs: Counter = Counter()
+    for c in evaluated:
+        rows = np.nonzero(targets[:, c] > 0)[0]
+        above: Counter = Counter()
+        outranked: Counter = Counter()
+        for r in rows:
+            true = targets[r] > 0
+            for k in reported_arr[predicted[r, reported_arr] & ~true[reported_arr]]:
+                above[int(k)] += 1
+                pairs[(c, int(k))] += 1
+            order = reported_arr[np.argsort(-scores[r, reported_arr], kind="stable")]
+            best_false = next((int(k) for k in order if not true[k]), None)
+            if best_false is not None and scores[r, best_false] > scores[r, c]:
+                outranked[best_false] += 1
+        per_class.append(
+            {
+                "index": c,
+                "name": names[c],
+                "positives": len(rows),
+                "predicted_above_threshold": [
+                    {"name": names[k], "clips": n} for k, n in above.most_common(top)
+                ],
+                "outranked_by": [
+                    {"name": names[k], "clips": n} for k, n in outranked.most_common(top)
+                ],
+            }
+        )
+    top_pairs = [
+        {"true": names[c], "predicted": names[k], "clips": n} for (c, k), n in pairs.most_common(20)
+    ]
+    return per_class, top_pairs
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def report_markdown(report: dict) -> str:
+    """A readable summary of :func:`evaluate_head`'s report."""
+    lines = [
+        f"# Evaluation of {report.get('head', 'head')} on split {report['split']!r}",
+        "",
+        f"- clips: {report['n_clips']}; classes evaluated: {report['n_classes_evaluated']}",
+        f"- mAP {_fmt(report['mAP'])}, mAUC {_fmt(report['mAUC'])}, d' {_fmt(report['d_prime'])}",
+        f"- threshold for the confusion summary: {report['threshold']}",
+        "",
+        "## Per class (by AP)",
+        "",
+        "| class | positives | AP | AUC | precision@t | recall@t |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in sorted(report["per_class"], key=lambda r: -(r["ap"] or 0)):
+        lines.append(
+            f"| {row['name']} | {row['positives']} | {_fmt(row['ap'])} | {_fmt(row['auc'])} | "
+            f"{_fmt(row['precision_at_threshold'])} | {_fmt(row['recall_at_threshold'])} |"
+        )
+    lines += [
+        "",
+        "## Confusions",
+        "",
+        "| true class | also predicted (clips) | outranked by (clips) |",
+        "|---|---|---|",
+    ]
+    for row in report["confusions"]:
+        above = ", ".join(f"{x['name']} ({x['clips']})" for x in row["predicted_above_threshold"])
+        worse = ", ".join(f"{x['name']} ({x['clips']})" for x in row["outranked_by"])
+        lines.append(f"| {row['name']} | {above or '-'} | {worse or '-'} |")
+    untrained = report["untrained_classes_with_positives"]
+    if untrained:
+        lines += [
+            "",
+            "Classes with positives here but no training data (not reported by the head, "
+            "not in the means): " + ", ".join(f"{u['name']} ({u['positives']})" for u in untrained),
+        ]
+    return "\n".join(lines) + "\n"

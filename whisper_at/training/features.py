@@ -1,0 +1,362 @@
+"""Feature extraction: every encoder block's pooled output for every manifest clip.
+
+Packing (see docs/training.md): three consecutive 10 s clips are laid end to end in
+one 30 s encoder window, whose log-mel is made exactly as ``pipeline._window_mel``
+makes it for a 30 s chunk of a file, and each clip gets the pooled 0.4 s bins of
+its third (0-25, 25-50, 50-75). That is where a 10 s tagging window sits when
+``WhisperAT.tag`` streams a long recording, so the head is trained on the features
+it sees at inference. A last group of one or two clips is followed by zero audio
+and zero log-mel columns, like the end of a file.
+
+The store is a folder: ``meta.json`` plus shards ``shard-NNNNN.safetensors``
+(``features`` [n, n_layer, 25, d_model] fp16, ``targets`` [n, n_classes] uint8
+multi-hot) each with a ``shard-NNNNN.json`` sidecar (clip ids, splits, recordings,
+seconds of real audio). Shards already written are skipped, so an interrupted run
+resumes; a store made from another manifest, label set or Whisper is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+from whisper.audio import HOP_LENGTH
+
+from ..audio import SAMPLE_RATE, load_audio
+from ..labels import LabelSet, audioset_labels
+from ..pipeline import _window_mel
+from ..tagging import ENCODER_FRAMES_PER_BIN
+from ..tap import install_tap
+from ..weights import LoadedWhisper, load_whisper
+from .manifest import Clip, label_indices, manifest_hash, read_manifest
+
+logger = logging.getLogger("whisper_at")
+
+FORMAT_VERSION = 1
+WINDOW_SECONDS = 10
+CLIPS_PER_WINDOW = 3
+ENCODER_INPUT_SECONDS = WINDOW_SECONDS * CLIPS_PER_WINDOW
+CLIP_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
+BINS_PER_CLIP = CLIP_SAMPLES // HOP_LENGTH // 2 // ENCODER_FRAMES_PER_BIN  # 25
+DEFAULT_SHARD_SIZE = 960  # clips; a multiple of CLIPS_PER_WINDOW
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+class FeatureStoreError(ValueError):
+    """A feature store that is missing, incomplete, or made from other inputs."""
+
+
+@dataclass
+class ExtractionReport:
+    out_dir: Path
+    n_clips: int
+    shards_written: int
+    shards_skipped: int
+    encoder_passes: int  # real encoder runs this call made (0 when everything was on disk)
+
+
+@dataclass
+class FeatureSet:
+    """Features of a store (or of some of its splits), in memory."""
+
+    features: torch.Tensor  # [n, n_layer, 25, d_model] fp16
+    targets: torch.Tensor  # [n, n_classes] uint8
+    ids: list[str]
+    splits: list[str]
+    recordings: list[str]
+    meta: dict
+
+    @property
+    def labels(self) -> LabelSet:
+        return LabelSet(tuple(self.meta["label_names"]), tuple(self.meta["label_ids"]))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices: list[int] | np.ndarray) -> FeatureSet:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return FeatureSet(
+            features=self.features[idx],
+            targets=self.targets[idx],
+            ids=[self.ids[i] for i in idx.tolist()],
+            splits=[self.splits[i] for i in idx.tolist()],
+            recordings=[self.recordings[i] for i in idx.tolist()],
+            meta=self.meta,
+        )
+
+    def split(self, name: str) -> FeatureSet:
+        return self.subset([i for i, s in enumerate(self.splits) if s == name])
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def _write_atomic_json(path: Path, data: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def extract_features(
+    model_name: str | os.PathLike | LoadedWhisper,
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    labels: LabelSet | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+    download_root: str | None = None,
+) -> ExtractionReport:
+    """Extract pooled all-layer features of every manifest clip into ``out_dir``.
+
+    model_name: a Whisper name or path for ``load_whisper`` (or an already loaded one);
+    labels: the label set of the targets (default: AudioSet's 527 classes);
+    batch_size: 30 s encoder windows (3 clips each) per encoder pass.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shard_size < CLIPS_PER_WINDOW or shard_size % CLIPS_PER_WINDOW:
+        raise ValueError(f"shard_size must be a positive multiple of {CLIPS_PER_WINDOW}")
+    labels = labels or audioset_labels()
+    clips = read_manifest(manifest)
+    targets = label_indices(clips, labels)
+    digest = manifest_hash(clips, labels)
+    if isinstance(model_name, LoadedWhisper):
+        loaded = model_name
+    else:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        loaded = load_whisper(model_name, device=device, download_root=download_root)
+    dims = loaded.model.dims
+    out = Path(out_dir)
+    n_shards = math.ceil(len(clips) / shard_size)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "whisper_name": loaded.name,
+        "whisper_sha256": loaded.sha256,
+        "n_layer": dims.n_audio_layer,
+        "d_model": dims.n_audio_state,
+        "label_names": list(labels.names),
+        "label_ids": list(labels.ids),
+        "window_seconds": WINDOW_SECONDS,
+        "clips_per_window": CLIPS_PER_WINDOW,
+        "encoder_input_seconds": ENCODER_INPUT_SECONDS,
+        "bins_per_clip": BINS_PER_CLIP,
+        "packing": "3 consecutive 10 s clips per 30 s encoder window, bins 0-25/25-50/50-75",
+        "manifest": str(Path(manifest).resolve()),
+        "manifest_sha256": digest,
+        "n_clips": len(clips),
+        "shard_size": shard_size,
+        "n_shards": n_shards,
+        "complete": False,
+    }
+    _check_resume(out, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "meta.json").exists():
+        _write_atomic_json(out / "meta.json", meta)
+
+    tap = install_tap(loaded.model)
+    passes_before = tap.n_passes
+    todo = [s for s in range(n_shards) if not (out / f"{_shard_name(s)}.json").exists()]
+    reader = _AudioReader()
+    bar = tqdm(
+        total=sum(min(shard_size, len(clips) - s * shard_size) for s in todo),
+        unit="clip",
+        desc="features",
+        disable=not progress,
+    )
+    try:
+        for s in todo:
+            lo, hi = s * shard_size, min((s + 1) * shard_size, len(clips))
+            feats, seconds = _extract_shard(loaded, tap, clips[lo:hi], reader, batch_size, bar)
+            multi_hot = torch.zeros(hi - lo, len(labels), dtype=torch.uint8)
+            for row, indices in enumerate(targets[lo:hi]):
+                multi_hot[row, indices] = 1
+            name = _shard_name(s)
+            tmp = out / f"{name}.safetensors.tmp"
+            save_file({"features": feats, "targets": multi_hot}, str(tmp))
+            os.replace(tmp, out / f"{name}.safetensors")
+            sidecar = {
+                "ids": [c.id for c in clips[lo:hi]],
+                "splits": [c.split for c in clips[lo:hi]],
+                "recordings": [c.recording for c in clips[lo:hi]],
+                "seconds": seconds,
+                "first_clip": lo,
+            }
+            _write_atomic_json(out / f"{name}.json", sidecar)
+    finally:
+        bar.close()
+        tap.forget()
+    meta["complete"] = True
+    _write_atomic_json(out / "meta.json", meta)
+    return ExtractionReport(
+        out_dir=out,
+        n_clips=len(clips),
+        shards_written=len(todo),
+        shards_skipped=n_shards - len(todo),
+        encoder_passes=tap.n_passes - passes_before,
+    )
+
+
+def _check_resume(out: Path, meta: dict) -> None:
+    path = out / "meta.json"
+    if not path.exists():
+        if out.exists() and any(out.glob("shard-*")):
+            raise FeatureStoreError(f"{out} holds shards but no meta.json; use an empty folder")
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    checks = [
+        ("manifest_sha256", "the manifest (its clips or labels) changed"),
+        ("whisper_sha256", f"it was made with other Whisper weights ({old.get('whisper_name')})"),
+        ("shard_size", "it was made with another shard size"),
+        ("format_version", "it was made by another version of the feature format"),
+        ("label_ids", "it was made with another label set"),
+    ]
+    for key, why in checks:
+        if old.get(key) != meta[key]:
+            raise FeatureStoreError(
+                f"cannot resume feature extraction into {out}: {why}. "
+                "Use a new output folder, or delete this one to start over."
+            )
+
+
+class _AudioReader:
+    """Decodes clips, keeping the last file decoded (consecutive clips often share one)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, str | None] | None = None
+        self._audio: np.ndarray | None = None
+
+    def clip(self, clip: Clip) -> tuple[np.ndarray, float]:
+        """Exactly 10 s of samples (trimmed, or zero-padded), and the seconds of real audio."""
+        key = (clip.path, clip.format)
+        if key != self._key:
+            try:
+                self._audio = load_audio(clip.path, format=clip.format)
+            except Exception as e:
+                raise ValueError(f"clip {clip.id!r}: cannot decode {clip.path}: {e}") from e
+            self._key = key
+        audio = self._audio
+        start = round(clip.start * SAMPLE_RATE)
+        end = len(audio) if clip.end is None else min(len(audio), round(clip.end * SAMPLE_RATE))
+        piece = audio[start : min(end, start + CLIP_SAMPLES)]
+        if len(piece) == 0:
+            raise ValueError(
+                f"clip {clip.id!r}: no audio between {clip.start} s and {clip.end} s of "
+                f"{clip.path} ({len(audio) / SAMPLE_RATE:.2f} s long)"
+            )
+        out = np.zeros(CLIP_SAMPLES, dtype=np.float32)
+        out[: len(piece)] = piece
+        return out, len(piece) / SAMPLE_RATE
+
+
+def pack_window(clip_audio: list[np.ndarray], n_mels: int) -> torch.Tensor:
+    """The 30 s encoder input (log-mel) for up to three 10 s clips laid end to end.
+
+    Made by ``pipeline._window_mel``, as ``WhisperAT.tag`` makes it for a 30 s chunk
+    of a file (or for the last, shorter chunk when fewer than three clips are left).
+    """
+    if not 1 <= len(clip_audio) <= CLIPS_PER_WINDOW:
+        raise ValueError(f"a window holds 1 to {CLIPS_PER_WINDOW} clips")
+    chunk = torch.from_numpy(np.concatenate(clip_audio).astype(np.float32, copy=False))
+    return _window_mel(chunk, n_mels)
+
+
+def pool_bins(layers: torch.Tensor) -> torch.Tensor:
+    """``[batch, n_layer, 1500, d]`` block outputs -> ``[batch, n_layer, 75, d]`` 0.4 s bins."""
+    b, n_layer, frames, d = layers.shape
+    n_bins = frames // ENCODER_FRAMES_PER_BIN
+    return layers.float().reshape(b, n_layer, n_bins, ENCODER_FRAMES_PER_BIN, d).mean(dim=3)
+
+
+def _extract_shard(
+    loaded: LoadedWhisper, tap, clips: list[Clip], reader: _AudioReader, batch_size: int, bar
+) -> tuple[torch.Tensor, list[float]]:
+    model = loaded.model
+    n_mels = model.dims.n_mels
+    dtype = torch.float16 if model.device.type == "cuda" else torch.float32
+    dims = model.dims
+    feats = torch.zeros(len(clips), dims.n_audio_layer, BINS_PER_CLIP, dims.n_audio_state)
+    feats = feats.to(torch.float16)
+    seconds: list[float] = []
+    groups = [
+        list(range(i, min(i + CLIPS_PER_WINDOW, len(clips))))
+        for i in range(0, len(clips), CLIPS_PER_WINDOW)
+    ]
+    for b in range(0, len(groups), batch_size):
+        batch = groups[b : b + batch_size]
+        mels = []
+        for group in batch:
+            audio = []
+            for i in group:
+                samples, real = reader.clip(clips[i])
+                audio.append(samples)
+                seconds.append(real)
+            mels.append(pack_window(audio, n_mels))
+        with torch.inference_mode():
+            tap(torch.stack(mels).to(model.device, dtype))
+            pooled = pool_bins(tap.last_pass.layers).clamp(-_FP16_MAX, _FP16_MAX)
+        tap.forget()
+        for w, group in enumerate(batch):
+            for j, i in enumerate(group):
+                bins = slice(j * BINS_PER_CLIP, (j + 1) * BINS_PER_CLIP)
+                feats[i] = pooled[w, :, bins].to("cpu", torch.float16)
+        bar.update(sum(len(g) for g in batch))
+    return feats, seconds
+
+
+def read_meta(features_dir: str | os.PathLike) -> dict:
+    path = Path(features_dir) / "meta.json"
+    if not path.is_file():
+        raise FeatureStoreError(
+            f"{features_dir} is not a feature store (no meta.json); "
+            "make one with `whisper-at features extract`"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_features(features_dir: str | os.PathLike, splits: list[str] | None = None) -> FeatureSet:
+    """Read a complete store into memory (fp16), keeping only ``splits`` when given."""
+    meta = read_meta(features_dir)
+    if not meta.get("complete"):
+        raise FeatureStoreError(
+            f"feature extraction into {features_dir} did not finish; run it again to resume"
+        )
+    feats, targets, ids, split_names, recordings = [], [], [], [], []
+    for s in range(meta["n_shards"]):
+        base = Path(features_dir) / _shard_name(s)
+        try:
+            side = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise FeatureStoreError(f"{features_dir}: shard {s} is missing ({e.filename})") from e
+        keep = [i for i, sp in enumerate(side["splits"]) if splits is None or sp in splits]
+        if not keep:
+            continue
+        with safe_open(str(base) + ".safetensors", framework="pt") as f:
+            f_all, t_all = f.get_tensor("features"), f.get_tensor("targets")
+        idx = torch.as_tensor(keep)
+        feats.append(f_all[idx] if len(keep) < len(side["ids"]) else f_all)
+        targets.append(t_all[idx] if len(keep) < len(side["ids"]) else t_all)
+        ids += [side["ids"][i] for i in keep]
+        split_names += [side["splits"][i] for i in keep]
+        recordings += [side["recordings"][i] for i in keep]
+    n_classes = len(meta["label_ids"])
+    shape = (0, meta["n_layer"], meta["bins_per_clip"], meta["d_model"])
+    return FeatureSet(
+        features=torch.cat(feats) if feats else torch.zeros(shape, dtype=torch.float16),
+        targets=torch.cat(targets) if targets else torch.zeros(0, n_classes, dtype=torch.uint8),
+        ids=ids,
+        splits=split_names,
+        recordings=recordings,
+        meta=meta,
+    )

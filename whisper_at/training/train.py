@@ -1,0 +1,373 @@
+"""Train a tagging head on a feature store, with the Whisper-AT recipe.
+
+Recipe (paper, section "Training recipe"): Adam (betas 0.95, 0.999), weight decay
+5e-7, lr 1e-4 (5e-5 for TL-TR heads on medium/large Whisper, i.e. 24+ layers),
+batch 48, BCE with label smoothing 0.1 (positives 0.9, negatives 0.1 / n_classes),
+mixup with probability 0.5 on the features (lambda ~ Beta(10, 10), targets mixed
+alike), one time mask of up to 10 pooled frames per clip, class-balanced sampling
+(clip weight = sum over its labels of 1000 / (class count + 0.01); clips without
+any label count as one more class), lr x0.75 every 5 epochs from epoch 15, and the
+weights of the last epochs averaged. For runs shorter than the paper's 30 epochs
+the schedule is scaled: decay starts at round(epochs / 2) and steps every
+round(epochs / 6) epochs (at least 1); by default the epochs after the decay start
+are averaged (15 of 30 in the paper's setting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import WeightedRandomSampler
+from tqdm import tqdm
+
+from ..heads import HEAD_TYPES, HeadConfig, TaggingHead, save_head
+from .features import ENCODER_INPUT_SECONDS, FeatureSet, load_features
+from .metrics import tagging_metrics
+
+logger = logging.getLogger("whisper_at")
+
+PAPER_EPOCHS = 30
+PAPER_DECAY_START = 15
+PAPER_DECAY_STEP = 5
+
+
+@dataclass
+class TrainOptions:
+    head_type: str = "tl_tr"
+    proj_dim: int | None = None  # tl_tr_low width (512 in the paper)
+    epochs: int = 30
+    lr: float | None = None  # None: the paper's choice for the head and Whisper size
+    batch_size: int = 48
+    seed: int = 0
+    weight_decay: float = 5e-7
+    betas: tuple[float, float] = (0.95, 0.999)
+    label_smoothing: float = 0.1
+    mixup: float = 0.5  # probability that a clip is mixed with another
+    mixup_alpha: float = 10.0  # lambda ~ Beta(alpha, alpha)
+    time_mask: int = 10  # longest time mask, in pooled 0.4 s frames
+    balanced_sampling: bool = True
+    lr_decay: float = 0.75
+    lr_decay_start: int | None = None  # epoch after which the lr first decays
+    lr_decay_step: int | None = None
+    average_last: int | None = None  # average the weights of the last K epochs
+    valid_fraction: float = 0.1  # held out from train (by recording) when there is no valid split
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(f"unknown head type {self.head_type!r}; choose from {HEAD_TYPES}")
+        if self.head_type == "tl_tr_low" and not self.proj_dim:
+            self.proj_dim = 512
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not 0 <= self.mixup <= 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("mixup must be in [0, 1] and label_smoothing in [0, 1)")
+        if self.average_last is not None and not 1 <= self.average_last <= self.epochs:
+            raise ValueError(f"average_last must be in 1..epochs ({self.epochs})")
+        if not 0 <= self.valid_fraction < 1:
+            raise ValueError("valid_fraction must be in [0, 1)")
+
+
+def lr_schedule(epochs: int, start: int | None = None, step: int | None = None) -> tuple[int, int]:
+    """(decay start, decay step) in epochs: the paper's 15/5 for 30+ epochs, scaled below."""
+    if start is None:
+        start = PAPER_DECAY_START if epochs >= PAPER_EPOCHS else max(1, round(epochs / 2))
+    if step is None:
+        step = PAPER_DECAY_STEP if epochs >= PAPER_EPOCHS else max(1, round(epochs / 6))
+    if start < 0 or step < 1:
+        raise ValueError("lr decay start must be >= 0 and step >= 1")
+    return start, step
+
+
+def lr_factor(epoch: int, start: int, step: int, decay: float) -> float:
+    """lr multiplier for 1-based ``epoch``: decays after epochs start, start + step, ..."""
+    if epoch <= start:
+        return 1.0
+    return decay ** ((epoch - 1 - start) // step + 1)
+
+
+def default_lr(head_type: str, n_layer: int) -> float:
+    return 5e-5 if head_type in ("tl_tr", "tl_tr_low") and n_layer >= 24 else 1e-4
+
+
+def sample_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Class-balanced clip weights: sum over a clip's labels of 1000 / (class count + 0.01).
+
+    Clips without any label (negatives of a custom label set) form one more class.
+    """
+    y = targets.float()
+    counts = y.sum(dim=0)
+    weights = (y * (1000.0 / (counts + 0.01))).sum(dim=1)
+    unlabeled = y.sum(dim=1) == 0
+    if unlabeled.any():
+        weights[unlabeled] = 1000.0 / (float(unlabeled.sum()) + 0.01)
+    return weights.double()
+
+
+def augment(
+    x: torch.Tensor, y: torch.Tensor, opts: TrainOptions, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label smoothing, mixup and time masking of one batch (x float [b, L, T, d])."""
+    b, _, t, _ = x.shape
+    n_classes = y.shape[1]
+    eps = opts.label_smoothing
+    y = y * (1.0 - eps) + (1.0 - y) * (eps / n_classes)
+    if opts.mixup > 0 and b > 1:
+        mixed = torch.from_numpy(rng.random(b) < opts.mixup)
+        partner = torch.from_numpy(rng.permutation(b))
+        lam = torch.from_numpy(rng.beta(opts.mixup_alpha, opts.mixup_alpha, b)).float()
+        lam = torch.where(mixed, lam, torch.ones_like(lam))
+        x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
+        y = lam[:, None] * y + (1 - lam[:, None]) * y[partner]
+    if opts.time_mask > 0:
+        width = torch.from_numpy(rng.integers(0, min(opts.time_mask, t) + 1, b))
+        start = torch.from_numpy(np.floor(rng.random(b) * (t - width.numpy() + 1)).astype(int))
+        frames = torch.arange(t)[None]
+        keep = ~((frames >= start[:, None]) & (frames < (start + width)[:, None]))
+        x = x * keep[:, None, :, None].to(x.dtype)
+    return x, y
+
+
+@dataclass
+class TrainResult:
+    head: TaggingHead
+    path: Path
+    curves: list[dict]
+    metrics: dict[str, float]
+    trained_classes: list[int]
+    options: dict = field(default_factory=dict)
+
+
+def _split_valid(data: FeatureSet, fraction: float) -> tuple[FeatureSet, FeatureSet]:
+    """Train and valid sets: the store's valid split, or train recordings held out."""
+    train, valid = data.split("train"), data.split("valid")
+    overlap = set(train.recordings) & set(valid.recordings)
+    if overlap:
+        logger.warning(
+            "%d recordings have clips in both the train and valid splits (e.g. %s); "
+            "validation scores will be optimistic",
+            len(overlap),
+            sorted(overlap)[0],
+        )
+    if len(valid) or fraction == 0:
+        return train, valid
+    recordings = sorted(set(train.recordings), key=lambda r: hashlib.sha256(r.encode()).hexdigest())
+    n_hold = math.floor(fraction * len(recordings))
+    if n_hold == 0:
+        logger.warning("no valid split and too few recordings to hold some out: no validation")
+        return train, valid
+    held = set(recordings[:n_hold])
+    logger.warning(
+        "no valid split in the store: holding out %d of %d training recordings for validation",
+        n_hold,
+        len(recordings),
+    )
+    keep = [i for i, r in enumerate(train.recordings) if r not in held]
+    hold = [i for i, r in enumerate(train.recordings) if r in held]
+    return train.subset(keep), train.subset(hold)
+
+
+@torch.no_grad()
+def predict(head: TaggingHead, features: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits ``[n, n_classes]`` for fp16 features, batch by batch (float32 on the device)."""
+    head.eval()
+    device = next(head.parameters()).device
+    out = [
+        head(features[i : i + batch_size].to(device).float()).float().cpu()
+        for i in range(0, features.shape[0], batch_size)
+    ]
+    if not out:
+        return torch.zeros(0, head.config.n_classes)
+    return torch.cat(out)
+
+
+def _validate(head: TaggingHead, valid: FeatureSet, classes: list[int]) -> dict[str, float]:
+    if len(valid) == 0:
+        return {}
+    logits = predict(head, valid.features)
+    targets = valid.targets.float()
+    loss = float(F.binary_cross_entropy_with_logits(logits, targets))
+    with_pos = [c for c in classes if targets[:, c].sum() > 0]
+    m = tagging_metrics(targets.numpy(), torch.sigmoid(logits).numpy(), with_pos)
+    return {"valid_loss": loss, **m.summary()}
+
+
+def _finite(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def train_head(
+    features_dir: str | os.PathLike,
+    head_type: str = "tl_tr",
+    out: str | os.PathLike = "head.safetensors",
+    epochs: int = 30,
+    lr: float | None = None,
+    batch_size: int = 48,
+    seed: int = 0,
+    **options,
+) -> TrainResult:
+    """Train a head on the train split of a feature store and save it to ``out``.
+
+    Other options are the fields of :class:`TrainOptions` (proj_dim, average_last,
+    mixup, time_mask, label_smoothing, balanced_sampling, lr_decay_start,
+    lr_decay_step, valid_fraction, device, progress, ...). Also writes the training
+    curves next to ``out`` (``<out>.curves.json`` and, with matplotlib, ``.png``).
+    """
+    opts = TrainOptions(
+        head_type=head_type, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, **options
+    )
+    data = load_features(features_dir, splits=["train", "valid"])
+    meta = data.meta
+    train, valid = _split_valid(data, opts.valid_fraction)
+    if len(train) == 0:
+        raise ValueError(f"{features_dir} has no training clips (split 'train')")
+    trained = [int(c) for c in torch.nonzero(train.targets.sum(dim=0) > 0).flatten()]
+    if not trained:
+        raise ValueError("no training clip has a label: nothing to learn")
+    lr = opts.lr if opts.lr is not None else default_lr(opts.head_type, meta["n_layer"])
+    start, step = lr_schedule(opts.epochs, opts.lr_decay_start, opts.lr_decay_step)
+    average_last = opts.average_last or max(1, opts.epochs - start)
+    average_last = min(average_last, opts.epochs)
+
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    sampler_gen = torch.Generator().manual_seed(opts.seed)
+    labels = data.labels
+    config = HeadConfig(
+        head_type=opts.head_type,
+        n_layer=meta["n_layer"],
+        d_model=meta["d_model"],
+        label_names=list(labels.names),
+        label_ids=list(labels.ids),
+        proj_dim=opts.proj_dim if opts.head_type == "tl_tr_low" else None,
+        whisper_name=meta["whisper_name"],
+        whisper_sha256=meta["whisper_sha256"],
+        trained_classes=trained,
+        window_seconds=float(meta["window_seconds"]),
+        encoder_input_seconds=float(meta.get("encoder_input_seconds", ENCODER_INPUT_SECONDS)),
+    )
+    head = TaggingHead(config).to(opts.device)
+    optimizer = torch.optim.Adam(
+        head.parameters(), lr=lr, betas=opts.betas, weight_decay=opts.weight_decay
+    )
+    if opts.balanced_sampling:
+        weights = sample_weights(train.targets)
+    else:
+        weights = torch.ones(len(train), dtype=torch.double)
+    sampler = WeightedRandomSampler(
+        weights, num_samples=len(train), replacement=True, generator=sampler_gen
+    )
+    logger.info(
+        "training %s on %d clips (%d classes with data), %d valid clips; lr %g, decay x%g "
+        "after epoch %d every %d, averaging the last %d epochs",
+        opts.head_type,
+        len(train),
+        len(trained),
+        len(valid),
+        lr,
+        opts.lr_decay,
+        start,
+        step,
+        average_last,
+    )
+    curves: list[dict] = []
+    averaged: dict[str, torch.Tensor] | None = None
+    n_averaged = 0
+    epoch_bar = tqdm(range(1, opts.epochs + 1), desc="epochs", disable=not opts.progress)
+    for epoch in epoch_bar:
+        began = time.monotonic()
+        epoch_lr = lr * lr_factor(epoch, start, step, opts.lr_decay)
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr
+        head.train()
+        order = torch.tensor(list(sampler), dtype=torch.long)
+        losses = []
+        batches = range(0, len(order), opts.batch_size)
+        for b in tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not opts.progress):
+            idx = order[b : b + opts.batch_size]
+            x = train.features[idx].float()
+            y = train.targets[idx].float()
+            x, y = augment(x, y, opts, rng)
+            logits = head(x.to(opts.device))
+            loss = F.binary_cross_entropy_with_logits(logits, y.to(opts.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        row = {"epoch": epoch, "lr": epoch_lr, "train_loss": float(np.mean(losses))}
+        row.update(_validate(head, valid, trained))
+        row["seconds"] = round(time.monotonic() - began, 3)
+        curves.append(_finite(row))
+        epoch_bar.set_postfix(
+            {k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "mAP") and v == v}
+        )
+        if epoch > opts.epochs - average_last:
+            state = {k: v.detach().float().clone() for k, v in head.state_dict().items()}
+            if averaged is None:
+                averaged = state
+            else:
+                for k in averaged:
+                    averaged[k] += state[k]
+            n_averaged += 1
+    epoch_bar.close()
+    assert averaged is not None
+    head.load_state_dict({k: v / n_averaged for k, v in averaged.items()})
+    head.eval()
+    final = _validate(head, valid, trained)
+    metrics = {k: float(v) for k, v in final.items() if k != "valid_loss" and not math.isnan(v)}
+    if not final:
+        logger.warning("no validation clips: the head carries no metrics")
+    head.config.metrics = metrics
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head = head.cpu()
+    save_head(head, out)
+    record = {
+        "options": {**asdict(opts), "lr": lr, "lr_decay_start": start, "lr_decay_step": step},
+        "average_last": average_last,
+        "features": str(features_dir),
+        "n_train": len(train),
+        "n_valid": len(valid),
+        "trained_classes": trained,
+        "epochs": curves,
+        "final": _finite(final),
+    }
+    curves_path = out.with_name(out.name + ".curves.json")
+    curves_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    _plot(curves, out.with_name(out.name + ".curves.png"))
+    return TrainResult(head, out, curves, metrics, trained, record["options"])
+
+
+def _plot(curves: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    epochs = [r["epoch"] for r in curves]
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in curves], label="train (augmented)")
+    if any(r.get("valid_loss") is not None for r in curves):
+        ax_loss.plot(epochs, [r.get("valid_loss") for r in curves], label="valid")
+        ax_map.plot(epochs, [r.get("mAP") for r in curves], label="valid mAP")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("BCE loss")
+    ax_loss.legend()
+    ax_map.set_xlabel("epoch")
+    ax_map.set_ylabel("mAP")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
