@@ -40,7 +40,8 @@ def timed(fn, device: torch.device) -> float:
 def whisper_tagger(size: str, device: torch.device) -> WhisperAT:
     dims = WHISPER_DIMS[size]
     torch.manual_seed(0)
-    model = Whisper(dims).to(device).eval()
+    with device:  # built in place: a large model's random init on the CPU takes minutes
+        model = Whisper(dims).eval()
     loaded = LoadedWhisper(model=model, name=size, sha256="", source="random", ct2_dir=None)
     return WhisperAT(loaded, random_head(dims))
 
