@@ -56,8 +56,6 @@ class WhisperAT:
     ) -> None:
         self.loaded = loaded
         self.whisper = loaded.model
-        if self.device.type == "cuda":
-            self.whisper.half()  # fp16 weights: openai-whisper's fp16 decoding, no per-call casts
         self.tap = install_tap(self.whisper)
         self.engine = make_engine(engine, loaded, self.tap, compute_type=compute_type)
         self.head = head
