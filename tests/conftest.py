@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from whisper_at.audio import load_audio
 from whisper_at.corpus import SpeechClip, asterisk_prompts, librivox_clips
 
 # Encoder per file suffix for generated test files; PyAV converts the sample format
@@ -34,6 +35,19 @@ def librivox_clips_fixture() -> list[SpeechClip]:
 def asterisk_prompts_fixture() -> list[SpeechClip]:
     """Asterisk prompts of 6+ words (fetched from Debian once, then cached)."""
     return asterisk_prompts()
+
+
+@pytest.fixture(scope="session")
+def speech(librivox_clips, asterisk_prompts) -> list[tuple[SpeechClip, np.ndarray]]:
+    """Nine real utterances with known text, decoded: 5 LibriVox + 4 Asterisk prompts."""
+    clips = librivox_clips + asterisk_prompts[:4]
+    return [(clip, load_audio(clip.path, format=clip.format)) for clip in clips]
+
+
+@pytest.fixture(scope="session")
+def long_speech(librivox_clips) -> np.ndarray:
+    """99 s: the five LibriVox utterances, four times over (so content repeats exactly)."""
+    return np.concatenate([load_audio(c.path) for c in librivox_clips] * 4)
 
 
 @pytest.fixture

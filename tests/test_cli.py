@@ -6,28 +6,16 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from helpers import random_head
 
 from whisper_at.cli import main
-from whisper_at.heads import HeadConfig, TaggingHead, save_head
-from whisper_at.labels import audioset_labels
+from whisper_at.heads import save_head
 
 
 @pytest.fixture(scope="module")
 def head_file(tmp_path_factory):
-    torch.manual_seed(0)
-    labels = audioset_labels()
-    config = HeadConfig(
-        "tl_tr",
-        4,
-        384,
-        list(labels.names),
-        list(labels.ids),
-        whisper_name="tiny.en",
-        trained_classes=[0, 137, 74],
-    )
     path = tmp_path_factory.mktemp("heads") / "tiny.en.tl_tr.safetensors"
-    save_head(TaggingHead(config), path)
+    save_head(random_head(whisper_name="tiny.en", trained_classes=[0, 137, 74]), path)
     return path
 
 

@@ -7,30 +7,19 @@ import dataclasses
 import logging
 import math
 
-import numpy as np
 import pytest
-import torch
 from faster_whisper import WhisperModel
+from helpers import random_head
 
 import whisper_at
-from whisper_at.audio import load_audio
 from whisper_at.engines import make_engine
 from whisper_at.engines.ct2 import EngineError, faster_whisper_options
-from whisper_at.heads import HeadConfig, TaggingHead
-from whisper_at.labels import audioset_labels
 from whisper_at.weights import available_models
 
 # the ct2 tags differ from the torch engine's only through the log-mel (faster-whisper's
 # numpy STFT against openai-whisper's torch STFT): measured max |logit difference| 1.2e-6
 # on the 9 clips (logits up to 2.2 in magnitude)
 TAG_TOLERANCE = 1e-4
-
-
-def random_head(n_layer: int = 4, d_model: int = 384, seed: int = 0) -> TaggingHead:
-    torch.manual_seed(seed)
-    labels = audioset_labels()
-    config = HeadConfig("tl_tr", n_layer, d_model, list(labels.names), list(labels.ids))
-    return TaggingHead(config).eval()
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +37,6 @@ def torch_model(model):
 def faster(model):
     """Plain faster-whisper on the original CTranslate2 folder, same compute type."""
     return WhisperModel(str(model.loaded.ct2_dir), device="cpu", compute_type="default")
-
-
-@pytest.fixture(scope="module")
-def speech(librivox_clips, asterisk_prompts):
-    clips = librivox_clips + asterisk_prompts[:4]
-    return [(clip, load_audio(clip.path, format=clip.format)) for clip in clips]
-
-
-@pytest.fixture(scope="module")
-def long_speech(librivox_clips):
-    """99 s: the five utterances, four times over (so content repeats exactly)."""
-    return np.concatenate([load_audio(c.path) for c in librivox_clips] * 4)
 
 
 def view(segments):

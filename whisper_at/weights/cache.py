@@ -17,13 +17,8 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..cache import cache_dir
 from ._common import Checkpoint, WeightsError, dims_from_mapping, logger, sha256_files
-
-
-def cache_dir() -> Path:
-    if root := os.environ.get("WHISPER_AT_CACHE"):
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper_at"
 
 
 def converted_paths(source_sha256: str) -> tuple[Path, Path]:
