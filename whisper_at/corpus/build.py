@@ -156,7 +156,30 @@ def assign_splits(recordings: list[Recording]) -> dict[str, str]:
         for group in members[position:]:
             for rec in groups[group]:
                 out[rec.id] = "train"
+    _hold_out_every_class(groups, out)
     return out
+
+
+def _hold_out_every_class(groups: dict[str, list[Recording]], out: dict[str, str]) -> None:
+    """Give test, then valid, a group of every class that has enough groups for it.
+
+    Label sets split the strata finely (a "Bark; Dog" recording and a "Dog" one differ),
+    so a class can have several recordings and none held out; move the first train
+    group (stable hash order) of such a class, keeping at least two in train.
+    """
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for group, members in sorted(groups.items(), key=lambda g: (zlib.crc32(g[0].encode()), g[0])):
+        for label in members[0].labels:
+            by_class[label].append(group)
+    for split, needed in (("test", 3), ("valid", 4)):
+        for label in sorted(by_class):
+            members = by_class[label]
+            splits = [out[groups[g][0].id] for g in members]
+            if len(members) < needed or split in splits or splits.count("train") <= 2:
+                continue
+            group = members[splits.index("train")]
+            for rec in groups[group]:
+                out[rec.id] = split
 
 
 def split_of(recordings: list[Recording], rec_id: str) -> str:
