@@ -1,9 +1,10 @@
 """The object users hold: a frozen Whisper, its feature tap and a tagging head.
 
-``transcribe`` runs openai-whisper's own ``transcribe`` unchanged, so transcripts
-are exactly openai-whisper's; the tap catches every encoder pass it makes and
-the head tags from those same passes. ``tag`` skips decoding: it streams the
-audio in 30 s windows, encodes them in batches and only runs the head.
+``transcribe`` runs a maintained Whisper implementation's own loop unchanged
+(openai-whisper's ``transcribe``, or faster-whisper's with ``engine="ct2"``), so
+transcripts are exactly that implementation's; the tap catches every encoder pass
+it makes and the head tags from those same passes. ``tag`` skips decoding: it
+streams the audio in 30 s windows, encodes them in batches and only runs the head.
 """
 
 from __future__ import annotations
