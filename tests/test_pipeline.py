@@ -164,3 +164,14 @@ def test_long_recordings_are_transcribed_span_by_span(model, long_speech, libriv
     normalize = EnglishTextNormalizer()
     reference = normalize(" ".join([c.text for c in librivox_clips] * 4))
     assert jiwer.wer(reference, normalize(result["text"])) < 0.1
+
+
+def test_an_original_whisper_at_checkpoint_loads_by_path(model, tmp_path, speech):
+    state = {f"at_model.{k}": v for k, v in random_head().state_dict().items()}
+    path = tmp_path / "tiny_ori.pth"
+    torch.save(state, path)
+    reference = whisper_at.load_model("tiny.en", device="cpu", head=str(path))
+    assert reference.head.config.encoder_input_seconds == 10.0  # trimmed input, as trained
+    ours = model.tag(speech[0][1], at_time_res=10.0)  # the same head weights, ours
+    theirs = reference.tag(speech[0][1], at_time_res=10.0)
+    torch.testing.assert_close(theirs.logits, ours.logits)

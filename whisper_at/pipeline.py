@@ -23,7 +23,7 @@ from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 
 from .audio import SAMPLE_RATE, audio_duration, stream_audio
 from .engines import WindowSink, make_engine
-from .heads import HeadError, TaggingHead, load_head
+from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
 from .spans import DEFAULT_SPAN_SECONDS, iter_spans, merge_results, shift_result
 from .tagging import TagAccumulator, TaggingResult
@@ -232,6 +232,13 @@ def _batches(chunks: Iterator[np.ndarray], size: int) -> Iterator[list[torch.Ten
         yield batch
 
 
+def _read_head(path: Path, loaded: LoadedWhisper) -> TaggingHead:
+    """A whisper-at head (.safetensors), or an original Whisper-AT checkpoint (.pth)."""
+    if path.suffix in (".pth", ".pt"):
+        return import_reference_head(path, n_layer=loaded.model.dims.n_audio_layer)
+    return load_head(path)
+
+
 def load_model(
     name: str | os.PathLike = "tiny.en",
     device: str | torch.device | None = None,
@@ -244,7 +251,8 @@ def load_model(
     """Load Whisper weights (a name or a local path) and a tagging head.
 
     head: "default" uses the head shipped for this model if there is one (TL-TR, or
-    TL-TR-low-dim with ``at_low_compute``); a path loads a head checkpoint; None
+    TL-TR-low-dim with ``at_low_compute``); a path loads a head checkpoint (ours,
+    .safetensors, or an original Whisper-AT ``<size>_ori.pth`` / ``_low.pth``); None
     loads no head. Without a head the model transcribes and says it cannot tag.
     engine: which Whisper implementation decodes: "torch" (openai-whisper) or "ct2"
     (faster-whisper / CTranslate2, from the same PyTorch encoder pass; needs a
@@ -261,5 +269,5 @@ def load_model(
             )
         head = load_head(path) if path is not None else None
     elif head is not None and not isinstance(head, TaggingHead):
-        head = load_head(head)
+        head = _read_head(Path(head), loaded)
     return WhisperAT(loaded, head, engine, compute_type)
