@@ -37,12 +37,18 @@ _PROMPT_CHARS = 200  # text of the previous span carried as the next span's prom
 
 
 def shipped_head_path(whisper_name: str, low_compute: bool = False) -> Path | None:
-    """The head bundled in the package for a Whisper model, if one ships."""
-    suffix = "tl_tr_low" if low_compute else "tl_tr"
-    path = (
-        resources.files("whisper_at") / "assets" / "heads" / f"{whisper_name}.{suffix}.safetensors"
-    )
-    return Path(str(path)) if path.is_file() else None
+    """The head bundled in the package for a Whisper model, if one ships.
+
+    TL-TR by default, TL-TR-low-dim with ``low_compute``; where only one of the two
+    ships for a model, that one.
+    """
+    folder = resources.files("whisper_at") / "assets" / "heads"
+    kinds = ("tl_tr_low", "tl_tr") if low_compute else ("tl_tr", "tl_tr_low")
+    for kind in kinds:
+        path = folder / f"{whisper_name}.{kind}.safetensors"
+        if path.is_file():
+            return Path(str(path))
+    return None
 
 
 class WhisperAT:
