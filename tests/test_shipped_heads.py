@@ -26,7 +26,7 @@ def recordings():
     return {r.id: r for r in find_recordings(["gcompris", "asterisk"])}
 
 
-@pytest.mark.parametrize("model_name", ["tiny.en", "base"])
+@pytest.mark.parametrize("model_name", ["tiny.en"])  # base: no head ships yet
 @pytest.mark.parametrize("label,accepted", [
     ("Bark", {"Dog", "Bark", "Domestic animals, pets", "Animal"}),
     ("Piano", {"Piano", "Keyboard (musical)", "Musical instrument", "Music"}),
@@ -51,7 +51,7 @@ def test_shipped_head_names_held_out_sounds(recordings, model_name, label, accep
 
 
 def test_shipped_heads_carry_their_provenance():
-    for model_name in ("tiny.en", "base"):
+    for model_name in ("tiny.en",):  # base: no head ships yet
         head = whisper_at.load_head(shipped_head_path(model_name))
         config = head.config
         assert config.whisper_name == model_name and len(config.whisper_sha256) == 64

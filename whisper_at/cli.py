@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="whisper-at",
         description="Transcribe audio with Whisper and tag its sound events from the same "
         "encoder pass. Use `whisper-at tag FILES` to tag without transcribing; "
-        "`whisper-at corpus build --out DIR` builds the training corpus.",
+        "`whisper-at corpus build --out DIR` builds the training corpus; `features extract`, "
+        "`train`, `evaluate` train heads; `analyze` reproduces the paper's analyses.",
     )
     parser.add_argument("--version", action="version", version=f"whisper-at {__version__}")
     _common(parser)
@@ -209,8 +210,20 @@ def _evaluate(argv: list[str]) -> int:
     return evaluate_main(argv)
 
 
+def _analyze(argv: list[str]) -> int:
+    from .analysis.cli import main as analyze_main
+
+    return analyze_main(argv)
+
+
 # Subcommands that own their argument parsing: `whisper-at NAME ...`
-SUBCOMMANDS = {"corpus": _corpus, "features": _features, "train": _train, "evaluate": _evaluate}
+SUBCOMMANDS = {
+    "corpus": _corpus,
+    "features": _features,
+    "train": _train,
+    "evaluate": _evaluate,
+    "analyze": _analyze,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
