@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache import cache_dir as cache_dir_root
 from ..tap import EncoderTap, install_tap
 from ..weights import LoadedWhisper, load_whisper
 
@@ -25,9 +26,7 @@ __all__ = ["LayerTap", "analysis_cache_dir", "digest", "load"]
 def analysis_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    from ..corpus.registry import cache_dir as root
-
-    return Path(root()) / "analysis"
+    return cache_dir_root() / "analysis"
 
 
 def digest(obj: object) -> str:

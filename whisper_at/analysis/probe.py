@@ -28,9 +28,9 @@ from ..audio import load_audio
 from ..training.features import (
     BINS_PER_CLIP,
     CLIP_SAMPLES,
-    CLIPS_PER_WINDOW,
     pack_window,
     pool_bins,
+    window_groups,
 )
 from .encode import LayerTap, analysis_cache_dir, digest, load
 from .sounds import SoundClip, probe_clips, real_clips
@@ -76,10 +76,7 @@ def extract_probe_features(
         return np.load(path).astype(np.float32)
     layer_tap = LayerTap(loaded)
     n_mels = loaded.model.dims.n_mels
-    groups = [
-        list(range(i, min(i + CLIPS_PER_WINDOW, len(clips))))
-        for i in range(0, len(clips), CLIPS_PER_WINDOW)
-    ]
+    groups = window_groups(len(clips))
     out = np.zeros((len(clips), layer_tap.n_layers, loaded.model.dims.n_audio_state), np.float16)
     bar = tqdm(
         total=len(clips), unit="clip", desc=f"probe features {loaded.name}", disable=not progress

@@ -260,6 +260,14 @@ class _AudioReader:
         return out, len(piece) / SAMPLE_RATE
 
 
+def window_groups(n_clips: int) -> list[list[int]]:
+    """Clip indices of each 30 s encoder window: consecutive clips, CLIPS_PER_WINDOW at a time."""
+    return [
+        list(range(i, min(i + CLIPS_PER_WINDOW, n_clips)))
+        for i in range(0, n_clips, CLIPS_PER_WINDOW)
+    ]
+
+
 def pack_window(clip_audio: list[np.ndarray], n_mels: int) -> torch.Tensor:
     """The 30 s encoder input (log-mel) for up to three 10 s clips laid end to end.
 
@@ -289,10 +297,7 @@ def _extract_shard(
     feats = torch.zeros(len(clips), dims.n_audio_layer, BINS_PER_CLIP, dims.n_audio_state)
     feats = feats.to(torch.float16)
     seconds: list[float] = []
-    groups = [
-        list(range(i, min(i + CLIPS_PER_WINDOW, len(clips))))
-        for i in range(0, len(clips), CLIPS_PER_WINDOW)
-    ]
+    groups = window_groups(len(clips))
     for b in range(0, len(groups), batch_size):
         batch = groups[b : b + batch_size]
         mels = []
