@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from whisper_at.audio import SAMPLE_RATE, audio_duration, load_audio
 from whisper_at.corpus import SpeechClip, speech
@@ -43,3 +44,32 @@ def test_asterisk_prompt_text_handling() -> None:
     assert short["letters/at"] == "at"  # "at [@]": the bracketed note is dropped
     assert "beep" not in short  # "[this is a simple beep tone]" is not speech
     assert short["digits/1"] == "one"  # subfolder prompts keep their folder in the id
+
+
+def test_flite_voices_read_the_prompts_intelligibly() -> None:
+    """Synthetic male (and one female) voices: each text once, and Whisper understands it."""
+    import whisper
+
+    from whisper_at.analysis.wer import wer
+    from whisper_at.weights import load_whisper
+
+    clips = speech.flite_utterances()
+    assert len({clip.text for clip in clips}) == len(clips)
+    assert {clip.text for clip in clips} == {p.text for p in speech.asterisk_prompts(min_words=6)}
+    voices = [clip.id.split("/", 1)[0] for clip in clips]
+    assert set(voices) == set(speech.FLITE_VOICES)
+    assert voices[:5] == list(speech.FLITE_VOICES)  # the voices take turns
+    model = load_whisper("tiny.en").model
+    texts, hypotheses = [], []
+    for clip in clips[:5]:
+        audio = load_audio(clip.path)
+        assert 1.0 < audio.size / SAMPLE_RATE < 20.0 and np.abs(audio).max() > 0.05
+        result = whisper.transcribe(model, audio, fp16=False, temperature=0.0)
+        texts.append(clip.text)
+        hypotheses.append(result["text"])
+    assert wer(texts, hypotheses) < 0.25, list(zip(texts, hypotheses, strict=True))
+
+
+def test_flite_rejects_unknown_voices() -> None:
+    with pytest.raises(ValueError, match="unknown flite voice"):
+        speech.flite_utterances(voices=("hal9000",))

@@ -7,7 +7,8 @@ what the rows of ``mapping.tsv`` are matched against:
 - ``gcompris``: ``<file>.rcc/<path inside the Qt resource>``;
 - ``hydrogen``: ``<kit>/<instrument name from drumkit.xml>/<sample file>``;
 - ``*-gm``: ``gm/<GM program 000-127 or drums>/<phrase number>``;
-- ``asterisk`` / ``librivox``: the prompt or utterance id.
+- ``asterisk`` / ``librivox``: the prompt or utterance id;
+- ``flite``: ``<voice>/<asterisk prompt id>`` (the prompt's text, synthesized).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class SourceSpec:
     registry: str  # "debian" or "pypi"
     package: str
     version: str
-    kind: str  # files | rcc | hydrogen | gm | asterisk | librivox
+    kind: str  # files | rcc | hydrogen | gm | asterisk | librivox | flite
     speech: bool = False
 
     @property
@@ -87,6 +88,7 @@ _SPECS = [
     SourceSpec(
         "librivox", "debian", "pocketsphinx-testdata", "0.8+5prealpha+1-15", "librivox", True
     ),
+    SourceSpec("flite", "debian", "flite", "2.2-5", "flite", True),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -227,18 +229,15 @@ def _gm_phrases(spec: SourceSpec):
                 yield rec
 
 
-def _asterisk(spec: SourceSpec):
-    from whisper_at.corpus.speech import asterisk_prompts
+def _speech(spec: SourceSpec):
+    from whisper_at.corpus import speech
 
-    for clip in asterisk_prompts(min_words=3):
-        if rec := _make(spec, clip.id, clip.path, clip.format):
-            yield rec
-
-
-def _librivox(spec: SourceSpec):
-    from whisper_at.corpus.speech import librivox_clips
-
-    for clip in librivox_clips():
+    clips = {
+        "asterisk": lambda: speech.asterisk_prompts(min_words=3),
+        "librivox": speech.librivox_clips,
+        "flite": speech.flite_utterances,
+    }[spec.kind]()
+    for clip in clips:
         if rec := _make(spec, clip.id, clip.path, clip.format):
             yield rec
 
@@ -248,6 +247,7 @@ _FINDERS = {
     "rcc": _rcc_files,
     "hydrogen": _hydrogen_files,
     "gm": _gm_phrases,
-    "asterisk": _asterisk,
-    "librivox": _librivox,
+    "asterisk": _speech,
+    "librivox": _speech,
+    "flite": _speech,
 }

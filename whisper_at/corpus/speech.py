@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from whisper_at.corpus.registry import fetch_debian_package
+from whisper_at.cache import cache_dir
+from whisper_at.corpus.registry import RegistryError, fetch_debian_package
 
-__all__ = ["SpeechClip", "asterisk_prompts", "librivox_clips"]
+__all__ = ["FLITE_VOICES", "SpeechClip", "asterisk_prompts", "flite_utterances", "librivox_clips"]
 
 logger = logging.getLogger(__name__)
 
 POCKETSPHINX_TESTDATA = ("pocketsphinx-testdata", "0.8+5prealpha+1-15")
 ASTERISK_SOUNDS_G722 = ("asterisk-core-sounds-en-g722", "1.6.1-1")
 ASTERISK_SOUNDS_TEXT = ("asterisk-core-sounds-en", "1.6.1-1")
+FLITE = ("flite", "2.2-5")
+FLITE_LIBRARIES = (("libflite1", "2.2-5"), ("libasound2", "1.2.8-1+b1"))
+# flite's built-in voices: kal (8 kHz diphone), kal16, awb, rms are male; slt is female.
+FLITE_VOICES = {"kal": "male", "kal16": "male", "awb": "male", "rms": "male", "slt": "female"}
+FLITE_LICENSE = "BSD-style CMU Flite license (voices); prompt text CC-BY-SA-3.0 (Digium)"
 
 _TRANSCRIPT_LINE = re.compile(r"^<s>\s*(?P<text>.*?)\s*</s>\s*\((?P<id>[^)]+)\)$")
 _BRACKETED = re.compile(r"\[[^\]]*\]")
@@ -109,3 +117,51 @@ def _read_prompt_texts(path: Path) -> dict[str, str]:
             if text:
                 texts[name.strip()] = text
     return texts
+
+
+def flite_utterances(voices: tuple[str, ...] = tuple(FLITE_VOICES)) -> list[SpeechClip]:
+    """The distinct Asterisk prompt texts of 6+ words read by flite, the voices taking turns.
+
+    The corpus's only real speech is one female speaker; these synthetic voices (four of
+    them male) are what lets a head learn "Male speech" at all. Each text is read by one
+    voice (the *i*-th by voice *i mod n*), so no sentence is repeated. The audio is
+    synthesized once with the Debian ``flite`` binary (run from the extracted package,
+    nothing installed) and cached as 16 kHz WAV. Clip ids are ``<voice>/<prompt id>``.
+    """
+    unknown = sorted(set(voices) - set(FLITE_VOICES))
+    if unknown or not voices:
+        raise ValueError(f"unknown flite voice(s) {unknown}; choose from {list(FLITE_VOICES)}")
+    binary = fetch_debian_package(*FLITE) / "usr/bin/flite"
+    libraries = [fetch_debian_package(*pkg) / "usr/lib/x86_64-linux-gnu" for pkg in FLITE_LIBRARIES]
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(map(str, libraries))}
+    out = cache_dir() / "corpus" / "flite" / f"{FLITE[0]}_{FLITE[1]}"
+    prompts = {prompt.text: prompt for prompt in reversed(asterisk_prompts(min_words=6))}
+    clips = []
+    for i, prompt in enumerate(sorted(prompts.values(), key=lambda prompt: prompt.id)):
+        voice = voices[i % len(voices)]
+        path = out / voice / f"{prompt.id}.wav"
+        if not path.exists():
+            _synthesize(binary, env, voice, prompt.text, path)
+        clips.append(
+            SpeechClip(
+                id=f"{voice}/{prompt.id}",
+                path=path,
+                text=prompt.text,
+                source=f"debian:{FLITE[0]}={FLITE[1]} (voice {voice})",
+                license=FLITE_LICENSE,
+            )
+        )
+    return clips
+
+
+def _synthesize(binary: Path, env: dict[str, str], voice: str, text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.wav")
+    command = [str(binary), "-voice", voice, "-t", text, "-o", str(tmp)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0 or not tmp.exists():
+        raise RegistryError(
+            f"flite could not synthesize with voice {voice!r} (exit {result.returncode}): "
+            f"{result.stderr.strip()[-300:]}"
+        )
+    tmp.replace(path)
