@@ -152,6 +152,13 @@ def test_engine_needs_a_ctranslate2_folder(model):
         make_engine("torch", model.loaded, model.tap, compute_type="int8")
     with pytest.raises(ValueError, match="unknown engine 'onnx'"):
         make_engine("onnx", model.loaded, model.tap)
+    assert make_engine("auto", from_pt, model.tap).name == "torch"  # no folder: torch
+
+
+def test_ct2_is_the_default_engine_on_the_cpu():
+    assert whisper_at.load_model("tiny.en", device="cpu", head=None).engine.name == "ct2"
+    torch_model = whisper_at.load_model("tiny.en", device="cpu", head=None, engine="torch")
+    assert torch_model.engine.name == "torch"
 
 
 def test_compute_type_is_passed_to_ctranslate2(model, speech):

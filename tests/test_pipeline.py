@@ -24,7 +24,7 @@ from whisper_at.weights import load_whisper
 
 @pytest.fixture(scope="module")
 def model():
-    return whisper_at.load_model("tiny.en", device="cpu", head=random_head())
+    return whisper_at.load_model("tiny.en", device="cpu", head=random_head(), engine="torch")
 
 
 @pytest.fixture(scope="module")

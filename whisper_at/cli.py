@@ -50,8 +50,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         choices=ENGINES,
-        default="torch",
-        help="decoder: torch (openai-whisper) or ct2 (faster-whisper); default torch",
+        default="auto",
+        help="decoder: ct2 (faster-whisper), torch (openai-whisper), or auto (default: ct2 "
+        "on the CPU when the model has a CTranslate2 folder, else torch)",
     )
     parser.add_argument("--compute-type", help="ct2 decoder precision: default, int8, float32, ...")
     parser.add_argument(

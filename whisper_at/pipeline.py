@@ -1,7 +1,8 @@
 """The object users hold: a frozen Whisper, its feature tap and a tagging head.
 
 ``transcribe`` runs a maintained Whisper implementation's own loop unchanged
-(openai-whisper's ``transcribe``, or faster-whisper's with ``engine="ct2"``), so
+(faster-whisper's with ``engine="ct2"``, the default on the CPU, or openai-whisper's
+``transcribe`` with ``engine="torch"``), so
 transcripts are exactly that implementation's; the tap catches every encoder pass
 it makes and the head tags from those same passes. ``tag`` skips decoding: it
 streams the audio in 30 s windows, encodes them in batches and only runs the head.
@@ -58,7 +59,7 @@ class WhisperAT:
         self,
         loaded: LoadedWhisper,
         head: TaggingHead | None,
-        engine: str = "torch",
+        engine: str = "auto",
         compute_type: str | None = None,
     ) -> None:
         self.loaded = loaded
@@ -251,7 +252,7 @@ def load_model(
     head: str | os.PathLike | TaggingHead | None = "default",
     at_low_compute: bool = False,
     download_root: str | None = None,
-    engine: str = "torch",
+    engine: str = "auto",
     compute_type: str | None = None,
 ) -> WhisperAT:
     """Load Whisper weights (a name or a local path) and a tagging head.
@@ -262,8 +263,10 @@ def load_model(
     loads no head. Without a head the model transcribes and says it cannot tag.
     engine: which Whisper implementation decodes: "torch" (openai-whisper) or "ct2"
     (faster-whisper / CTranslate2, from the same PyTorch encoder pass; needs a
-    CTranslate2 model folder, as the bundled models have). compute_type: the
-    CTranslate2 decoder's precision ("default", "int8", "float32", ...), ct2 only.
+    CTranslate2 model folder, as the bundled models have). "auto" (default): ct2 on
+    the CPU where there is such a folder (it is as fast as faster-whisper alone),
+    otherwise torch. compute_type: the CTranslate2 decoder's precision ("default",
+    "int8", "float32", ...), ct2 only.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_whisper(name, device=device, download_root=download_root)

@@ -22,10 +22,12 @@ logger = logging.getLogger("whisper_at")
 
 # (every block's output [n_layer, encoder frames, d], window start and audio length in mel frames)
 WindowSink = Callable[[torch.Tensor, int, int], None]
-ENGINES = ("torch", "ct2")
+ENGINES = ("auto", "torch", "ct2")
 
 
 class Engine(Protocol):
+    name: str  # "torch" or "ct2"
+
     def transcribe(
         self, samples: np.ndarray, on_window: WindowSink | None, **options: Any
     ) -> dict[str, Any]:
@@ -33,9 +35,22 @@ class Engine(Protocol):
         ...
 
 
+def resolve_engine(name: str, loaded: LoadedWhisper) -> str:
+    """ "auto": ct2 on the CPU where the weights come with a CTranslate2 folder, else torch.
+
+    On the CPU the ct2 engine transcribes and tags in the time faster-whisper takes to
+    transcribe alone, 2.6x faster than openai-whisper (``benchmarks/transcribe_speed.py``,
+    docs/performance.md); on a GPU no such measurement exists yet, so torch stays.
+    """
+    if name != "auto":
+        return name
+    return "ct2" if loaded.model.device.type == "cpu" and loaded.ct2_dir is not None else "torch"
+
+
 def make_engine(name: str, loaded: LoadedWhisper, tap: EncoderTap, **engine_options: Any) -> Engine:
     """engine_options: for "ct2", ``compute_type`` and ``cpu_threads`` (None: the default)."""
     engine_options = {k: v for k, v in engine_options.items() if v is not None}
+    name = resolve_engine(name, loaded)
     if name == "torch":
         from .openai_whisper import OpenAIWhisperEngine
 

@@ -201,6 +201,8 @@ class CTranslate2Engine:
     (fp32 on CPU, fp16 on CUDA). cpu_threads: CTranslate2's threads (0: its default).
     """
 
+    name = "ct2"
+
     def __init__(
         self,
         loaded: LoadedWhisper,

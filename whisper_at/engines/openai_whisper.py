@@ -16,6 +16,8 @@ from . import WindowLocator, WindowSink
 class OpenAIWhisperEngine:
     """Transcripts are exactly openai-whisper's: its loop, its decoder, its options."""
 
+    name = "torch"
+
     def __init__(self, loaded: LoadedWhisper, tap: EncoderTap) -> None:
         self.model = loaded.model
         self.tap = tap
