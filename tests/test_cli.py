@@ -136,3 +136,49 @@ def test_help_and_bad_arguments_exit_cleanly():
         text=True,
     )
     assert run.returncode == 2 and "unknown format" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_folder_is_tagged_into_one_table(tmp_path, head_file, librivox_clips, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for i, clip in enumerate(librivox_clips[:3]):
+        target = folder / ("sub" if i == 2 else "") / clip.path.name
+        target.write_bytes(clip.path.read_bytes())
+    (folder / "notes.txt").write_text("not audio, not picked up")
+    table = tmp_path / "all.tsv"
+    code = main(
+        ["tag", str(folder), "--head", str(head_file), "--table", str(table), "--batch-size", "2"]
+        + ["--output-dir", str(tmp_path / "out"), "--top-k", "2"]
+    )
+    assert code == 0
+    rows = [line.split("\t") for line in table.read_text().splitlines()]
+    assert rows[0] == ["file", "start", "end", "label", "probability", "logit"]
+    files = sorted({row[0] for row in rows[1:]})
+    assert files == sorted(str(p) for p in folder.rglob("*.wav")) and len(files) == 3
+    assert all(len([r for r in rows[1:] if r[0] == f]) == 2 for f in files)  # 1 window, top 2
+    assert len(list((tmp_path / "out").glob("*.tags.tsv"))) == 3
+
+
+def test_batched_transcription_of_several_files(tmp_path, speech_file, librivox_clips, capsys):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....WAVEfmt nonsense")
+    files = [speech_file, str(broken), str(librivox_clips[1].path)]
+    out = tmp_path / "out"
+    code = main(files + ["--head", "none", "--batch-size", "4", "--output-dir", str(out)])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "broken.wav" in captured.err and "1 of 3 file(s) failed" in captured.err
+    assert "And Mr. John Dashwood had then leisure" in captured.out
+    assert (out / f"{librivox_clips[1].path.stem}.txt").read_text().strip()
+
+
+def test_inputs_that_would_overwrite_each_others_outputs_are_refused(tmp_path, speech_file, capsys):
+    twin = tmp_path / "other" / "sense_and_sensibility_01_austen_64kb-0870.wav"
+    twin.parent.mkdir()
+    twin.write_bytes(open(speech_file, "rb").read())
+    assert main([speech_file, str(twin), "--head", "none"]) == 2
+    assert "would write the same output files" in capsys.readouterr().err
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    assert main([str(empty), "--head", "none"]) == 2
+    assert "no audio or video files in this folder" in capsys.readouterr().err

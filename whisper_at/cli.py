@@ -10,20 +10,25 @@ import argparse
 import logging
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .audio import audio_duration
 from .engines import ENGINES
 from .heads import HeadError
 from .labels import audioset_labels
 from .pipeline import WhisperAT, load_model
 from .tagging import TaggingResult
 from .weights import WeightsError, available_models, known_models
-from .writers import OUTPUT_FORMATS, write_outputs
+from .writers import OUTPUT_FORMATS, TagTable, write_outputs
 
 logger = logging.getLogger("whisper_at")
 USER_ERRORS = (OSError, ValueError)  # AudioError, WeightsError, HeadError are ValueErrors
+MEDIA_SUFFIXES = {
+    *(".wav .flac .mp3 .ogg .oga .opus .m4a .aac .wma .aiff .aif .webm .mp4 .mkv .mov .avi".split())
+}
 
 
 def _formats(text: str) -> list[str]:
@@ -65,6 +70,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="tags per window")
     parser.add_argument("--threshold", type=float, default=0.0, help="minimum tag probability")
     parser.add_argument("--output-dir", default=".", help="where output files go")
+    parser.add_argument(
+        "--table", help="also write every file's tags into this one TSV (file, start, end, ...)"
+    )
     parser.add_argument("--list-models", action="store_true", help="list Whisper models and exit")
     parser.add_argument(
         "--list-labels", action="store_true", help="list the head's labels and exit"
@@ -109,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not feed the previous window's text to the next",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="decode 30 s chunks of all files this many at a time (ct2 engine; chunks are "
+        "decoded independently, as faster-whisper's batched pipeline does)",
+    )
     return parser
 
 
@@ -142,8 +156,9 @@ def _list_labels(model: WhisperAT | None) -> None:
         print(f"{i}\t{labels.ids[i]}\t{name}")
 
 
-def _transcribe_one(model: WhisperAT, path: str, args: argparse.Namespace) -> None:
+def _whisper_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {
+        "tags_per_segment": args.top_k,
         "task": args.task,
         "temperature": args.temperature,
         "word_timestamps": args.word_timestamps,
@@ -153,9 +168,12 @@ def _transcribe_one(model: WhisperAT, path: str, args: argparse.Namespace) -> No
     for key in ("language", "beam_size", "best_of", "initial_prompt"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    result = model.transcribe(
-        path, at_time_res=args.at_time_res, tags_per_segment=args.top_k, **options
-    )
+    return options
+
+
+def _report_transcript(
+    model: WhisperAT, path: str, result: dict[str, Any], args: argparse.Namespace
+) -> None:
     for segment in result["segments"]:
         print(f"[{segment['start']:7.1f}s -> {segment['end']:7.1f}s] {segment['text'].strip()}")
     if result.get("audio_tag") is not None:
@@ -168,10 +186,7 @@ def _transcribe_one(model: WhisperAT, path: str, args: argparse.Namespace) -> No
     )
 
 
-def _tag_one(model: WhisperAT, path: str, args: argparse.Namespace) -> None:
-    tagging = model.tag(
-        path, at_time_res=args.at_time_res, batch_size=args.batch_size, progress=True
-    )
+def _report_tags(path: str, tagging: TaggingResult, args: argparse.Namespace) -> None:
     _print_tags(tagging, args.top_k, args.threshold)
     result = tagging.to_result_fields()
     _report_written(
@@ -262,23 +277,148 @@ def main(argv: list[str] | None = None) -> int:
     if tags_only and model.head is None:
         print(f"whisper-at: error: no tagging head is installed for {model.name}", file=sys.stderr)
         return 2
+    if not tags_only and args.batch_size is not None and model.engine.name != "ct2":
+        print("whisper-at: error: --batch-size needs the ct2 engine", file=sys.stderr)
+        return 2
+    try:
+        paths = expand_inputs(args.audio)
+    except ValueError as e:
+        print(f"whisper-at: error: {e}", file=sys.stderr)
+        return 2
+    return _run(model, paths, args, tags_only)
+
+
+def expand_inputs(arguments: list[str]) -> list[str]:
+    """Files as given; folders as the media files under them, sorted.
+
+    Two inputs whose outputs would overwrite each other (same name, one output
+    folder) are refused up front rather than losing one of them.
+    """
+    paths: list[str] = []
+    for argument in arguments:
+        folder = Path(argument)
+        if folder.is_dir():
+            found = sorted(
+                str(f)
+                for f in folder.rglob("*")
+                if f.suffix.lower() in MEDIA_SUFFIXES and f.is_file()
+            )
+            if not found:
+                raise ValueError(f"{argument}: no audio or video files in this folder")
+            paths.extend(found)
+        else:
+            paths.append(argument)
+    by_stem: dict[str, str] = {}
+    for path in paths:
+        stem = Path(path).stem
+        if stem in by_stem and by_stem[stem] != path:
+            raise ValueError(
+                f"{by_stem[stem]} and {path} would write the same output files ({stem}.*); "
+                "rename one or run them with different --output-dir"
+            )
+        by_stem[stem] = path
+    return list(by_stem.values())
+
+
+def _run(model: WhisperAT, paths: list[str], args: argparse.Namespace, tags_only: bool) -> int:
+    """Process every file; a bad one is reported and skipped. Returns the exit status."""
     failed = 0
-    for path in args.audio:
-        print(f"== {path}")
-        try:
-            (_tag_one if tags_only else _transcribe_one)(model, path, args)
-        except USER_ERRORS as e:
-            failed += 1
-            message = str(e) if str(e).startswith(path) else f"{path}: {e}"
+
+    def fail(path: str, error: Exception) -> None:
+        nonlocal failed
+        failed += 1
+        if isinstance(error, USER_ERRORS):
+            message = str(error) if str(error).startswith(path) else f"{path}: {error}"
             print(f"whisper-at: error: {message}", file=sys.stderr)
-        except Exception as e:  # keep going over the batch; the traceback is for --debug
-            failed += 1
-            print(f"whisper-at: unexpected error on {path}: {e!r}", file=sys.stderr)
+        else:  # keep going over the batch; the traceback is for --debug
+            print(f"whisper-at: unexpected error on {path}: {error!r}", file=sys.stderr)
             if args.debug:
-                traceback.print_exc()
+                traceback.print_exception(error)
+
+    table = TagTable(args.table, args.top_k, args.threshold) if args.table else None
+
+    def report(path: str, result: TaggingResult | dict[str, Any]) -> None:
+        if isinstance(result, TaggingResult):
+            _report_tags(path, result, args)
+            tagging = result
+        else:
+            _report_transcript(model, path, result, args)
+            tagging = TaggingResult.from_result(result) if "audio_tag" in result else None
+        if table is not None and tagging is not None:
+            table.add(path, tagging)
+
+    batched = tags_only or args.batch_size is not None
+    try:
+        if not batched:
+            for path in paths:
+                print(f"== {path}")
+                try:
+                    options = _whisper_options(args)
+                    report(path, model.transcribe(path, args.at_time_res, **options))
+                except Exception as e:
+                    fail(path, e)
+        else:
+            _run_batched(model, paths, args, tags_only, report, fail)
+    finally:
+        if table is not None:
+            table.close()
+            logger.info("wrote %s", table.path)
     if failed:
-        print(f"whisper-at: {failed} of {len(args.audio)} file(s) failed", file=sys.stderr)
+        print(f"whisper-at: {failed} of {len(paths)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+Report = Callable[[str, "TaggingResult | dict[str, Any]"], None]
+
+
+def _run_batched(
+    model: WhisperAT,
+    paths: list[str],
+    args: argparse.Namespace,
+    tags_only: bool,
+    report: Report,
+    fail: Callable[[str, Exception], None],
+) -> None:
+    """Files that share batches: unreadable ones are set aside first; if a batch still
+    fails (a file corrupt past its header), the rest go one by one, so only the bad
+    file is lost."""
+    readable = []
+    for path in paths:
+        try:
+            audio_duration(path)
+            readable.append(path)
+        except Exception as e:
+            print(f"== {path}")
+            fail(path, e)
+
+    def results(group: list[str]) -> Iterator[TaggingResult] | Iterator[dict[str, Any]]:
+        if tags_only:
+            total = sum(audio_duration(p) for p in group)
+            return model.tag_many(group, args.at_time_res, args.batch_size, True, total)
+        return model.transcribe_many(
+            group,
+            args.batch_size,
+            args.at_time_res,
+            progress=True,
+            **_whisper_options(args),
+        )
+
+    done = 0
+    try:
+        for path, result in zip(readable, results(readable), strict=True):
+            print(f"== {path}")
+            report(path, result)
+            done += 1
+    except Exception as e:
+        logger.warning("a batch failed (%s); going on file by file", e)
+        for path in readable[done:]:
+            try:
+                (result,) = results([path])
+                print(f"== {path}")
+                report(path, result)
+            except Exception as e:
+                print(f"== {path}")
+                fail(path, e)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ streams the audio in 30 s windows, encodes them in batches and only runs the hea
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,10 @@ from tqdm import tqdm
 from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 
 from .audio import SAMPLE_RATE, audio_duration, stream_audio
-from .engines import WindowSink, make_engine
+from .engines import EngineError, WindowSink, make_engine
 from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
-from .spans import DEFAULT_SPAN_SECONDS, iter_spans, merge_results, shift_result
+from .spans import DEFAULT_SPAN_SECONDS, iter_spans, merge_results, shift_result, window_chunks
 from .tagging import TagAccumulator, TaggingResult
 from .tap import install_tap
 from .weights import LoadedWhisper, load_whisper
@@ -133,6 +135,7 @@ class WhisperAT:
         *,
         tags_per_segment: int = 5,
         span_seconds: float = DEFAULT_SPAN_SECONDS,
+        batch_size: int | None = None,
         **whisper_options: Any,
     ) -> dict[str, Any]:
         """openai-whisper's transcription plus ``audio_tag`` logits per ``at_time_res`` window.
@@ -145,7 +148,20 @@ class WhisperAT:
         Recordings longer than ``span_seconds`` are read and transcribed span by span
         (cut at quiet points, the language and the previous span's text carried
         over), so memory stays bounded; shorter ones are one untouched call.
+
+        With ``batch_size``, the recording is decoded in batches of 30 s chunks instead
+        (ct2 engine; see :meth:`transcribe_many` for what changes).
         """
+        if batch_size is not None:
+            results = self.transcribe_many(
+                [audio],
+                batch_size,
+                at_time_res,
+                tags_per_segment=tags_per_segment,
+                group_seconds=span_seconds,
+                **whisper_options,
+            )
+            return next(iter(results))
         accumulator = TagAccumulator(self.head, at_time_res) if self.head is not None else None
         parts: list[dict[str, Any]] = []
         n_samples = 0
@@ -161,10 +177,21 @@ class WhisperAT:
             shift_result(part, offset / SAMPLE_RATE, offset // HOP_LENGTH, n_segments)
             parts.append(part)
             n_samples = offset + len(samples)
-        result = merge_results(parts)
+        return self._with_tags(merge_results(parts), accumulator, n_samples, tags_per_segment)
+
+    def _with_tags(
+        self,
+        result: dict[str, Any],
+        accumulator: TagAccumulator | None,
+        n_samples: int,
+        tags_per_segment: int,
+    ) -> dict[str, Any]:
+        """The transcription result plus the head's tags: per window, and per segment."""
         if accumulator is None:
             return result
-        tagging = self._tagging_result(accumulator.finish(), at_time_res, n_samples / SAMPLE_RATE)
+        tagging = self._tagging_result(
+            accumulator.finish(), accumulator.at_time_res, n_samples / SAMPLE_RATE
+        )
         result.update(tagging.to_result_fields())
         for segment in result["segments"]:
             segment["audio_tags"] = [
@@ -172,6 +199,53 @@ class WhisperAT:
                 for t in tagging.span_tags(segment["start"], segment["end"], tags_per_segment)
             ]
         return result
+
+    def transcribe_many(
+        self,
+        audios: Iterable[AudioInput],
+        batch_size: int = 8,
+        at_time_res: float = 10.0,
+        *,
+        tags_per_segment: int = 5,
+        group_seconds: float = DEFAULT_SPAN_SECONDS,
+        progress: bool = False,
+        **whisper_options: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """Transcribe and tag many recordings with batched decoding: one result per input, in order.
+
+        Each recording is cut into chunks of at most 30 s at quiet points, and the chunks
+        of consecutive recordings (up to ``group_seconds`` of audio at a time, so memory
+        stays bounded) are encoded and decoded ``batch_size`` at a time by
+        faster-whisper's ``BatchedInferencePipeline`` (ct2 engine). As there, chunks are
+        decoded independently: no conditioning on the previous chunk, only the first
+        temperature, and, unless ``without_timestamps=False`` is given, one segment per
+        chunk. The language is detected once per group unless given (pass
+        ``multilingual=True`` to detect it per chunk). Results are yielded lazily, each
+        as soon as its recording is done.
+        """
+        if self.engine.name != "ct2":
+            raise EngineError(
+                "batched transcription runs faster-whisper's batched pipeline: load the "
+                "model with engine='ct2' (the default on the CPU)"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        group = _Group(self, at_time_res, tags_per_segment, batch_size, whisper_options)
+        limit = int(group_seconds * SAMPLE_RATE)
+        bar = tqdm(unit="file", desc="transcribing", disable=not progress)
+        try:
+            for audio in audios:
+                group.open_recording()
+                for offset, samples in iter_spans(audio, group_seconds):
+                    group.add(offset, samples)
+                    if group.n_samples >= limit:
+                        yield from group.run()
+                        bar.update(group.n_yielded - bar.n)
+                yield from group.close_recording()
+            yield from group.run()
+            bar.update(group.n_yielded - bar.n)
+        finally:
+            bar.close()
 
     def tag(
         self,
@@ -181,29 +255,178 @@ class WhisperAT:
         progress: bool = False,
     ) -> TaggingResult:
         """Tags only: no decoding. Streams the audio, so memory does not grow with its length."""
+        total = audio_duration(audio) if progress else None
+        return next(self.tag_many([audio], at_time_res, batch_size, progress, total))
+
+    def tag_many(
+        self,
+        audios: Iterable[AudioInput],
+        at_time_res: float = 10.0,
+        batch_size: int = 8,
+        progress: bool = False,
+        total_seconds: float | None = None,
+    ) -> Iterator[TaggingResult]:
+        """Tags only for many recordings: one result per input, in order, lazily.
+
+        The 30 s windows of consecutive recordings share encoder batches, so a folder
+        of short clips fills batches as well as one long file does. Each recording is
+        streamed; at most ``batch_size`` windows are held at once.
+        """
         head = self._require_head()
-        accumulator = TagAccumulator(head, at_time_res)
-        n_samples = 0
         n_mels = self.whisper.dims.n_mels
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        total = round(audio_duration(audio), 1) if progress else None
+        waiting: list[_Recording] = []  # in input order, not yielded yet
+        batch: list[tuple[_Recording, torch.Tensor, int]] = []  # (recording, window, start)
+
+        def encode_batch() -> None:
+            mels = torch.stack([_window_mel(window, n_mels) for _, window, _ in batch])
+            with torch.inference_mode():
+                self.tap(mels.to(self.device, dtype))
+            for layers, (recording, window, start) in zip(
+                self.tap.last_pass.layers, batch, strict=True
+            ):
+                recording.accumulator.add_pass(
+                    layers, start // HOP_LENGTH, len(window) // HOP_LENGTH
+                )
+            bar.update(sum(len(window) for _, window, _ in batch) / SAMPLE_RATE)
+            batch.clear()
+
+        def finished() -> Iterator[TaggingResult]:
+            while waiting and waiting[0].complete and all(r is not waiting[0] for r, *_ in batch):
+                recording = waiting.pop(0)
+                logits = recording.accumulator.finish()
+                yield self._tagging_result(logits, at_time_res, recording.n_samples / SAMPLE_RATE)
+
+        total = round(total_seconds, 1) if total_seconds is not None else None
         bar = tqdm(total=total, unit="s", disable=not progress, desc="tagging")
         try:
-            for batch in _batches(stream_audio(audio, chunk_samples=N_SAMPLES), batch_size):
-                mels = torch.stack([_window_mel(chunk, n_mels) for chunk in batch])
-                with torch.inference_mode():
-                    self.tap(mels.to(self.device, dtype))
-                layers = self.tap.last_pass.layers
-                for i, chunk in enumerate(batch):
-                    accumulator.add_pass(
-                        layers[i], n_samples // HOP_LENGTH, len(chunk) // HOP_LENGTH
-                    )
-                    n_samples += len(chunk)
-                bar.update(sum(len(c) for c in batch) / SAMPLE_RATE)
+            for audio in audios:
+                waiting.append(_Recording(TagAccumulator(head, at_time_res)))
+                for chunk in stream_audio(audio, chunk_samples=N_SAMPLES):
+                    window = torch.from_numpy(np.ascontiguousarray(chunk))
+                    batch.append((waiting[-1], window, waiting[-1].n_samples))
+                    waiting[-1].n_samples += len(chunk)
+                    if len(batch) == batch_size:
+                        encode_batch()
+                        yield from finished()
+                waiting[-1].complete = True
+                yield from finished()
+            if batch:
+                encode_batch()
+            yield from finished()
         finally:
             bar.close()
             self.tap.forget()
-        return self._tagging_result(accumulator.finish(), at_time_res, n_samples / SAMPLE_RATE)
+
+
+@dataclass
+class _Recording:
+    """One input of a batched run: its transcript so far, its tags, its length."""
+
+    accumulator: TagAccumulator | None
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    language: str | None = None
+    n_samples: int = 0
+    complete: bool = False  # every span of it has been read
+
+
+@dataclass
+class _Piece:
+    recording: _Recording
+    offset: int  # in the recording, samples
+    samples: np.ndarray
+
+
+class _Group:
+    """Spans of consecutive recordings decoded together in one batched engine call."""
+
+    def __init__(
+        self,
+        model: WhisperAT,
+        at_time_res: float,
+        tags_per_segment: int,
+        batch_size: int,
+        options: dict[str, Any],
+    ) -> None:
+        self.model, self.at_time_res = model, at_time_res
+        self.tags_per_segment, self.batch_size, self.options = tags_per_segment, batch_size, options
+        self.pieces: list[_Piece] = []
+        self.waiting: list[_Recording] = []  # opened, not yielded yet, in input order
+        self.n_samples = 0
+        self.n_yielded = 0
+
+    def open_recording(self) -> None:
+        head = self.model.head
+        accumulator = TagAccumulator(head, self.at_time_res) if head is not None else None
+        self.waiting.append(_Recording(accumulator))
+
+    def add(self, offset: int, samples: np.ndarray) -> None:
+        recording = self.waiting[-1]
+        recording.n_samples = offset + len(samples)
+        self.pieces.append(_Piece(recording, offset, samples))
+        self.n_samples += len(samples)
+
+    def close_recording(self) -> Iterator[dict[str, Any]]:
+        self.waiting[-1].complete = True
+        yield from self._finished()
+
+    def run(self) -> Iterator[dict[str, Any]]:
+        if self.pieces:
+            self._decode()
+        yield from self._finished()
+
+    def _decode(self) -> None:
+        chunks: list[tuple[int, int]] = []
+        owners: list[tuple[_Piece, int]] = []  # per chunk: its piece and the piece's base
+        base = 0
+        for piece in self.pieces:
+            for start, end in window_chunks(piece.samples):
+                chunks.append((base + start, base + end))
+                owners.append((piece, base))
+            base += len(piece.samples)
+        samples = np.concatenate([piece.samples for piece in self.pieces])
+        self.pieces, self.n_samples = [], 0
+
+        def on_chunk(k: int, layers: torch.Tensor, valid: int) -> None:
+            piece, piece_base = owners[k]
+            if piece.recording.accumulator is not None:
+                seek = (chunks[k][0] - piece_base + piece.offset) // HOP_LENGTH
+                piece.recording.accumulator.add_pass(layers, seek, valid)
+
+        result = self.model.engine.transcribe_chunks(
+            samples, chunks, on_chunk, self.batch_size, **self.options
+        )
+        starts = [start for start, _ in chunks]
+        for segment in result["segments"]:
+            # faster-whisper's seek is int(start seconds * 100), a frame short at times;
+            # chunk starts lie on the 2-frame grid, so half a grid step finds the chunk
+            k = bisect.bisect_right(starts, (segment["seek"] + 1) * HOP_LENGTH) - 1
+            piece, piece_base = owners[k]
+            shift = (piece.offset - piece_base) / SAMPLE_RATE
+            recording = piece.recording
+            shift_result({"segments": [segment]}, shift, 0, len(recording.segments), decimals=3)
+            segment["seek"] = (chunks[k][0] - piece_base + piece.offset) // HOP_LENGTH
+            recording.segments.append(segment)
+        for piece, _ in owners:
+            piece.recording.language = piece.recording.language or result["language"]
+
+    def _finished(self) -> Iterator[dict[str, Any]]:
+        """Yield the finished recordings at the front of the queue, in input order."""
+        while (
+            self.waiting
+            and self.waiting[0].complete
+            and not any(piece.recording is self.waiting[0] for piece in self.pieces)
+        ):
+            recording = self.waiting.pop(0)
+            result = {
+                "text": "".join(s["text"] for s in recording.segments),
+                "segments": recording.segments,
+                "language": recording.language,
+            }
+            self.n_yielded += 1
+            yield self.model._with_tags(
+                result, recording.accumulator, recording.n_samples, self.tags_per_segment
+            )
 
 
 def _shifted(accumulator: TagAccumulator, frames: int) -> WindowSink:
@@ -226,17 +449,6 @@ def _window_mel(chunk: torch.Tensor, n_mels: int) -> torch.Tensor:
     mel = log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk))[:, :N_FRAMES]
     mel[:, len(chunk) // HOP_LENGTH :] = 0
     return mel
-
-
-def _batches(chunks: Iterator[np.ndarray], size: int) -> Iterator[list[torch.Tensor]]:
-    batch: list[torch.Tensor] = []
-    for chunk in chunks:
-        batch.append(torch.from_numpy(np.ascontiguousarray(chunk)))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _read_head(path: Path, loaded: LoadedWhisper) -> TaggingHead:

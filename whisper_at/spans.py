@@ -30,6 +30,26 @@ def quietest_cut(samples: np.ndarray, start: int, stop: int) -> int:
     return start + int(np.argmin((frames.astype(np.float64) ** 2).mean(axis=1))) * CUT_GRID
 
 
+def window_chunks(
+    samples: np.ndarray, max_seconds: float = 30.0, search_seconds: float = 5.0
+) -> list[tuple[int, int]]:
+    """``(start, end)`` chunks of at most ``max_seconds`` covering ``samples``, cut at quiet points.
+
+    For batched decoding, where every chunk is decoded on its own: a cut in the quietest
+    20 ms of the chunk's last ``search_seconds`` rarely splits a word.
+    """
+    longest = max(CUT_GRID, int(max_seconds * SAMPLE_RATE) // CUT_GRID * CUT_GRID)
+    search = min(longest // 2, int(search_seconds * SAMPLE_RATE))
+    chunks, start = [], 0
+    while len(samples) - start > longest:
+        cut = quietest_cut(samples, start + longest - search, start + longest)
+        chunks.append((start, cut))
+        start = cut
+    if start < len(samples):
+        chunks.append((start, len(samples)))
+    return chunks
+
+
 def iter_spans(
     source: Any, span_seconds: float = DEFAULT_SPAN_SECONDS
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -52,16 +72,20 @@ def iter_spans(
         yield offset, np.concatenate(pending)
 
 
-def shift_result(result: dict[str, Any], seconds: float, frames: int, first_id: int) -> None:
-    """Move a span's segments (and words) to the recording's time line, in place."""
+def shift_result(
+    result: dict[str, Any], seconds: float, frames: int, first_id: int, decimals: int | None = None
+) -> None:
+    """Move a span's segments (and words) to the recording's time line, in place.
+
+    ``decimals``: round the shifted times (faster-whisper gives milliseconds).
+    """
     for i, segment in enumerate(result["segments"]):
         segment["id"] = first_id + i
         segment["seek"] = segment.get("seek", 0) + frames
-        segment["start"] += seconds
-        segment["end"] += seconds
-        for word in segment.get("words") or []:
-            word["start"] += seconds
-            word["end"] += seconds
+        for item in [segment, *(segment.get("words") or [])]:
+            for key in ("start", "end"):
+                item[key] += seconds
+                item[key] = item[key] if decimals is None else round(item[key], decimals)
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:

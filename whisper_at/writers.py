@@ -32,22 +32,53 @@ def json_ready(result: dict[str, Any], top_k: int = 5, threshold: float = 0.0) -
     return ready
 
 
+TAG_COLUMNS = ["start", "end", "label", "probability", "logit"]
+
+
+def _tag_rows(tagging: TaggingResult, top_k: int, threshold: float) -> list[list[str]]:
+    return [
+        [
+            f"{window.start:.1f}",
+            f"{window.end:.1f}",
+            tag.label,
+            f"{tag.probability:.4f}",
+            f"{tag.logit:.4f}",
+        ]
+        for window in tagging.windows(top_k=top_k, threshold=threshold)
+        for tag in window.tags
+    ]
+
+
 def write_tags_tsv(tagging: TaggingResult, path: Path, top_k: int, threshold: float) -> None:
     """One row per (window, tag): start and end in seconds, label, probability, logit."""
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["start", "end", "label", "probability", "logit"])
-        for window in tagging.windows(top_k=top_k, threshold=threshold):
-            for tag in window.tags:
-                writer.writerow(
-                    [
-                        f"{window.start:.1f}",
-                        f"{window.end:.1f}",
-                        tag.label,
-                        f"{tag.probability:.4f}",
-                        f"{tag.logit:.4f}",
-                    ]
-                )
+        writer.writerow(TAG_COLUMNS)
+        writer.writerows(_tag_rows(tagging, top_k, threshold))
+
+
+class TagTable:
+    """One TSV for many files: the rows of ``write_tags_tsv`` with the file in front.
+
+    Each file's rows are flushed as soon as they are added, so an interrupted run
+    keeps what it did.
+    """
+
+    def __init__(self, path: str | os.PathLike, top_k: int, threshold: float) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.top_k, self.threshold = top_k, threshold
+        self._file = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        self._writer = csv.writer(self._file, delimiter="\t", lineterminator="\n")
+        self._writer.writerow(["file", *TAG_COLUMNS])
+
+    def add(self, audio_path: str | os.PathLike, tagging: TaggingResult) -> None:
+        for row in _tag_rows(tagging, self.top_k, self.threshold):
+            self._writer.writerow([str(audio_path), *row])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def write_outputs(

@@ -22,7 +22,13 @@ logger = logging.getLogger("whisper_at")
 
 # (every block's output [n_layer, encoder frames, d], window start and audio length in mel frames)
 WindowSink = Callable[[torch.Tensor, int, int], None]
+# (chunk number, every block's output [n_layer, encoder frames, d], audio length in mel frames)
+ChunkSink = Callable[[int, torch.Tensor, int], None]
 ENGINES = ("auto", "torch", "ct2")
+
+
+class EngineError(ValueError):
+    """An engine cannot run with this model or these options."""
 
 
 class Engine(Protocol):

@@ -24,12 +24,13 @@ from typing import Any
 import ctranslate2
 import numpy as np
 import torch
-from faster_whisper import WhisperModel
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from ..tap import EncoderPass, EncoderTap
+from ..tap import EncoderPass, EncoderTap, PassListener
 from ..weights import LoadedWhisper
-from . import WindowLocator, WindowSink
+from . import ChunkSink, EngineError, WindowLocator, WindowSink
 
 logger = logging.getLogger("whisper_at")
 
@@ -84,10 +85,6 @@ UNSUPPORTED_OPTIONS = {
     "chunk_length": "the encoder and the tagger work on 30 s windows",
     "language_detection_segments": "only the first window is used for language detection",
 }
-
-
-class EngineError(ValueError):
-    """The ct2 engine cannot run with this model or these options."""
 
 
 def faster_whisper_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -268,6 +265,62 @@ class CTranslate2Engine:
             "segments": segments,
             "language": info.language,
         }
+
+    def transcribe_chunks(
+        self,
+        samples: np.ndarray,
+        chunks: list[tuple[int, int]],
+        on_chunk: ChunkSink | None,
+        batch_size: int,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """faster-whisper's batched pipeline over the given chunks of ``samples``.
+
+        chunks: ``(start, end)`` sample indices, each at most 30 s, decoded independently
+        (no conditioning on the previous chunk, first temperature only, as faster-whisper's
+        ``BatchedInferencePipeline`` does) and encoded ``batch_size`` at a time.
+        ``on_chunk(k, layers, valid mel frames)`` gets chunk ``k``'s encoder pass. Times
+        are on ``samples``' time line.
+        """
+        arguments = faster_whisper_options(options)
+        if arguments.pop("vad_filter", False) or arguments.pop("vad_parameters", None):
+            raise EngineError("batched transcription decodes the given chunks: no vad_filter")
+        # faster-whisper turns seconds back into samples with int(): half a sample over
+        # the start makes that land exactly on it
+        clips = [{"start": (a + 0.5) / SAMPLE_RATE, "end": b / SAMPLE_RATE} for a, b in chunks]
+        if on_chunk is not None:
+            self.tap.listener = _in_order(chunks, on_chunk)
+        try:
+            segments, info = BatchedInferencePipeline(self.model).transcribe(
+                np.asarray(samples, dtype=np.float32),
+                clip_timestamps=clips,
+                batch_size=batch_size,
+                **arguments,
+            )
+            segments = [_segment_dict(s) for s in segments]
+        finally:
+            self.tap.listener = None
+            self.tap.forget()
+            self.model._encoded = self.model._unplaced = None
+        return {
+            "text": "".join(s["text"] for s in segments),
+            "segments": segments,
+            "language": info.language,
+        }
+
+
+def _in_order(chunks: list[tuple[int, int]], on_chunk: ChunkSink) -> PassListener:
+    """A tap listener for the batched pipeline, which encodes the chunks in their order."""
+    next_chunk = 0
+
+    def place(encoder_pass: EncoderPass) -> None:
+        nonlocal next_chunk
+        for layers in encoder_pass.layers:
+            start, end = chunks[next_chunk]
+            on_chunk(next_chunk, layers, (end - start) // HOP_LENGTH)
+            next_chunk += 1
+
+    return place
 
 
 def _segment_dict(segment: Any) -> dict[str, Any]:
