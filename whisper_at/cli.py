@@ -61,6 +61,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--compute-type", help="ct2 decoder precision: default, int8, float32, ...")
     parser.add_argument(
+        "--int8", action="store_true", help="CPU: int8 encoder and decoder (faster, slightly off)"
+    )
+    parser.add_argument(
         "--head", default="default", help="tagging head: default, none, or a .safetensors path"
     )
     parser.add_argument("--at-low-compute", action="store_true", help="use the low-dim TL-TR head")
@@ -265,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             download_root=args.model_dir,
             engine=args.engine,
             compute_type=args.compute_type,
+            int8=args.int8,
         )
     except (WeightsError, HeadError, ValueError, TypeError) as e:
         print(f"whisper-at: error: {e}", file=sys.stderr)

@@ -25,9 +25,10 @@ from tqdm import tqdm
 from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 
 from .audio import SAMPLE_RATE, audio_duration, stream_audio
-from .engines import EngineError, WindowSink, make_engine
+from .engines import EngineError, WindowSink, make_engine, resolve_engine
 from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
+from .quantize import quantize_int8
 from .spans import DEFAULT_SPAN_SECONDS, iter_spans, merge_results, shift_result, window_chunks
 from .tagging import TagAccumulator, TaggingResult
 from .tap import install_tap
@@ -466,6 +467,7 @@ def load_model(
     download_root: str | None = None,
     engine: str = "auto",
     compute_type: str | None = None,
+    int8: bool = False,
 ) -> WhisperAT:
     """Load Whisper weights (a name or a local path) and a tagging head.
 
@@ -478,10 +480,20 @@ def load_model(
     CTranslate2 model folder, as the bundled models have). "auto" (default): ct2 on
     the CPU where there is such a folder (it is as fast as faster-whisper alone),
     otherwise torch. compute_type: the CTranslate2 decoder's precision ("default",
-    "int8", "float32", ...), ct2 only.
+    "int8", "float32", ...), ct2 only. int8: on the CPU, int8 dynamic quantization of
+    the encoder's linear layers, and of the decoder's (torch engine) or an int8
+    CTranslate2 decoder (ct2 engine, unless compute_type says otherwise); faster, with
+    slightly different tags and transcripts (measured in docs/performance.md).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_whisper(name, device=device, download_root=download_root)
+    if int8:
+        engine = resolve_engine(engine, loaded)
+        quantize_int8(loaded.model.encoder)
+        if engine == "torch":
+            quantize_int8(loaded.model.decoder)
+        else:
+            compute_type = compute_type or "int8"
     if isinstance(head, str) and head == "default":
         path = shipped_head_path(loaded.name, at_low_compute)
         if path is None:

@@ -1,0 +1,83 @@
+"""int8 dynamic quantization on the CPU: what it saves in time and what it costs in tags and text.
+
+Side by side in one process, alternating, on the same audio and weights:
+- speed: transcribe+tag (default engine) and tags-only, float32 against ``int8=True``;
+- transcripts: WER against the reference text of 9 real utterances (5 LibriVox, 4
+  Asterisk prompts), both precisions, greedy;
+- tags: on the corpus's test clips with speech over sounds, the largest probability
+  difference of any class in any 10 s window, and how often the top tag and the top-3
+  set agree.
+
+    python benchmarks/quantization.py --corpus DIR [--model tiny.en] [--minutes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from transcribe_speed import speech_over_sounds
+
+import whisper_at
+from whisper_at.analysis.wer import wer
+from whisper_at.audio import load_audio
+from whisper_at.corpus.speech import asterisk_prompts, librivox_clips
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    audio = speech_over_sounds(args.corpus, args.minutes)
+    seconds = len(audio) / 16000
+    models = {
+        "float32": whisper_at.load_model(args.model, device="cpu"),
+        "int8": whisper_at.load_model(args.model, device="cpu", int8=True),
+    }
+    engine = models["float32"].engine.name
+    print(f"{args.model}, engine {engine}, {seconds:.0f} s of speech over sounds, "
+          f"CPU threads {torch.get_num_threads()}, {args.repeats} repeats")  # fmt: skip
+
+    times: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for precision, model in models.items():
+            for job, run in (
+                ("transcribe+tag", lambda m=model: m.transcribe(audio, temperature=0.0)),
+                ("tags only", lambda m=model: m.tag(audio)),
+            ):
+                start = time.perf_counter()
+                run()
+                times.setdefault(f"{job}, {precision}", []).append(time.perf_counter() - start)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print("| job, precision | median s | x real time |\n|---|---|---|")
+    for name, value in median.items():
+        print(f"| {name} | {value:.2f} | {seconds / value:.1f} |")
+    for job in ("transcribe+tag", "tags only"):
+        print(f"{job}: int8 takes {median[f'{job}, int8'] / median[f'{job}, float32']:.2f}x "
+              "the time of float32")  # fmt: skip
+
+    clips = librivox_clips() + asterisk_prompts()[:4]
+    speech = [load_audio(c.path, format=c.format) for c in clips]
+    for precision, model in models.items():
+        hyps = [model.transcribe(a, temperature=0.0, beam_size=1)["text"] for a in speech]
+        print(f"WER {precision}: {wer([c.text for c in clips], hyps):.3f} "
+              f"({len(clips)} utterances, greedy)")  # fmt: skip
+
+    probs = {p: torch.sigmoid(m.tag(audio).logits) for p, m in models.items()}
+    a, b = probs["float32"], probs["int8"]
+    top1 = (a.argmax(1) == b.argmax(1)).float().mean().item()
+    top3 = np.mean([set(x.topk(3).indices.tolist()) == set(y.topk(3).indices.tolist())
+                    for x, y in zip(a, b, strict=True)])  # fmt: skip
+    print(f"tags over {len(a)} windows of 10 s: max |probability difference| "
+          f"{(a - b).abs().max().item():.4f}, mean {(a - b).abs().mean().item():.5f}; "
+          f"top-1 agrees {top1:.1%}, top-3 set agrees {top3:.1%}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
