@@ -135,7 +135,7 @@ def test_without_a_head_it_transcribes_and_says_it_cannot_tag(model, speech, cap
 
 
 def test_a_head_for_another_whisper_is_refused():
-    with pytest.raises(HeadError, match="reads 6 layers of width 512"):
+    with pytest.raises(HeadError, match="reads an encoder of 6 blocks of width 512"):
         whisper_at.load_model("tiny.en", device="cpu", head=random_head(6, 512))
 
 

@@ -6,6 +6,7 @@ sine waves, white noise and ticks; every clip is exactly 10 s.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -19,9 +20,10 @@ from safetensors import safe_open
 
 import whisper_at
 from whisper_at.audio import load_audio
-from whisper_at.heads import HEAD_TYPES, HeadConfig, TaggingHead, load_head
+from whisper_at.heads import HEAD_TYPES, HeadConfig, HeadError, TaggingHead, load_head
 from whisper_at.labels import audioset_labels
 from whisper_at.pipeline import WhisperAT, _window_mel
+from whisper_at.tagging import TagAccumulator
 from whisper_at.training import (
     FeatureStoreError,
     ManifestError,
@@ -462,3 +464,39 @@ def test_evaluation_from_a_manifest(trained, dataset, tmp_path):
     report = json.loads(out.read_text())
     assert report["n_clips"] == 7 and report["n_classes_evaluated"] == 5
     assert report["mAP"] is not None and report["mAP"] > 0.5
+
+
+def test_a_head_on_the_first_blocks_stops_the_encoder_there(store, dataset, loaded, tmp_path):
+    _, features, _ = store
+    out = tmp_path / "first2.safetensors"
+    options = {"epochs": 4, "batch_size": 8, "layers": 2, "progress": False}
+    result = train_head(features, "tl_tr", out=out, **options)
+    head = load_head(out)
+    assert (head.config.n_layer, head.config.encoder_layers) == (2, 4)
+    assert result.curves[-1]["train_loss"] < result.curves[0]["train_loss"]
+    model = WhisperAT(loaded, head)
+    ran: list[int] = []
+    hooks = [block.register_forward_pre_hook(lambda *_, i=i: ran.append(i))
+             for i, block in enumerate(model.tap.encoder.blocks)]  # fmt: skip
+    folder, rows = dataset
+    audio = load_audio(folder / rows[0]["path"])
+    try:
+        early = model.tag(audio, at_time_res=2.0)
+        assert ran == [0, 1]  # blocks 2 and 3 never started
+        ran.clear()
+        # the reference: a full pass through all four blocks, of which the head reads two
+        with torch.inference_mode():
+            model.tap(_window_mel(torch.from_numpy(audio), 80)[None])
+        assert ran == [0, 1, 2, 3]
+        accumulator = TagAccumulator(model.head, 2.0)
+        accumulator.add_pass(model.tap.last_pass.layers[0], 0, len(audio) // 160)
+        torch.testing.assert_close(early.logits, accumulator.finish(), atol=1e-5, rtol=1e-5)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with pytest.raises(ValueError, match="expected features"):
+        head(torch.zeros(1, 1, 5, 384))
+    with pytest.raises(HeadError, match="reads an encoder of 6 blocks"):
+        WhisperAT(loaded, TaggingHead(dataclasses.replace(head.config, encoder_layers=6)))
+    with pytest.raises(HeadError, match="cannot read 5 of 4 blocks"):
+        dataclasses.replace(head.config, n_layer=5)

@@ -44,7 +44,7 @@ class HeadConfig:
     """
 
     head_type: HeadType
-    n_layer: int  # encoder blocks of the Whisper model the head reads
+    n_layer: int  # encoder blocks the head reads: the first n_layer of the Whisper model's
     d_model: int  # width of that encoder
     label_names: list[str]
     label_ids: list[str]
@@ -57,6 +57,7 @@ class HeadConfig:
     window_seconds: float = 10.0  # tagging window the head was trained on
     encoder_input_seconds: float = 30.0  # 10.0 when the encoder input was trimmed
     metrics: dict[str, float] = field(default_factory=dict)
+    encoder_layers: int | None = None  # the Whisper model's blocks (None: n_layer, all)
 
     def __post_init__(self) -> None:
         if self.head_type not in HEAD_TYPES:
@@ -65,6 +66,18 @@ class HeadConfig:
             raise HeadError("tl_tr_low needs proj_dim")
         if len(self.label_names) != len(self.label_ids):
             raise HeadError("label_names and label_ids differ in length")
+        if self.encoder_layers is not None and not 0 < self.n_layer <= self.encoder_layers:
+            raise HeadError(f"a head cannot read {self.n_layer} of {self.encoder_layers} blocks")
+
+    def check_encoder(self, n_layer: int, d_model: int, what: str) -> None:
+        """Raise :class:`HeadError` unless features of this encoder (``what``) fit the head."""
+        blocks = self.encoder_layers or self.n_layer
+        if (blocks, self.d_model) != (n_layer, d_model):
+            raise HeadError(
+                f"the head reads an encoder of {blocks} blocks of width {self.d_model} "
+                f"(Whisper {self.whisper_name or '?'}), but {what} has {n_layer} blocks of "
+                f"width {d_model}"
+            )
 
     @property
     def n_classes(self) -> int:
@@ -118,13 +131,18 @@ class TaggingHead(nn.Module):
         self.mlp_layer = _norm_linear(width, config.n_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features ``[batch, n_layer, time, d_model]`` -> logits ``[batch, n_classes]``."""
-        if features.dim() != 4 or features.shape[1] != self.config.n_layer:
+        """features ``[batch, layers, time, d_model]`` -> logits ``[batch, n_classes]``.
+
+        ``layers``: the encoder's blocks, or only the first ``n_layer`` the head reads.
+        """
+        n_layer = self.config.n_layer
+        layers = {n_layer, self.config.encoder_layers or n_layer}
+        if features.dim() != 4 or features.shape[1] not in layers:
             raise ValueError(
-                f"expected features [batch, {self.config.n_layer}, time, {self.config.d_model}], "
+                f"expected features [batch, {n_layer}, time, {self.config.d_model}], "
                 f"got {list(features.shape)}"
             )
-        x = features.float()
+        x = features[:, :n_layer].float()
         kind = self.config.head_type
         if kind == "last_linear":
             pooled = x[:, -1].mean(dim=1)

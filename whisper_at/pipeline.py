@@ -92,12 +92,7 @@ class WhisperAT:
 
     def _check_head(self, head: TaggingHead) -> None:
         dims, cfg = self.whisper.dims, head.config
-        if (cfg.n_layer, cfg.d_model) != (dims.n_audio_layer, dims.n_audio_state):
-            raise HeadError(
-                f"the head reads {cfg.n_layer} layers of width {cfg.d_model} "
-                f"(Whisper {cfg.whisper_name or '?'}), but {self.name} has "
-                f"{dims.n_audio_layer} layers of width {dims.n_audio_state}"
-            )
+        cfg.check_encoder(dims.n_audio_layer, dims.n_audio_state, self.name)
         if cfg.whisper_sha256 and cfg.whisper_sha256 != self.loaded.sha256:
             logger.warning(
                 "the head was trained on other weights (%s) than %s; tags may be off",
@@ -271,7 +266,8 @@ class WhisperAT:
 
         The 30 s windows of consecutive recordings share encoder batches, so a folder
         of short clips fills batches as well as one long file does. Each recording is
-        streamed; at most ``batch_size`` windows are held at once.
+        streamed; at most ``batch_size`` windows are held at once. With a head that
+        reads only the first encoder blocks, the deeper ones are not run.
         """
         head = self._require_head()
         n_mels = self.whisper.dims.n_mels
@@ -279,13 +275,20 @@ class WhisperAT:
         waiting: list[_Recording] = []  # in input order, not yielded yet
         batch: list[tuple[_Recording, torch.Tensor, int]] = []  # (recording, window, start)
 
+        # a head that reads only the first blocks lets the encoder stop there
+        deepest = head.config.n_layer
+        stop_early = deepest < self.whisper.dims.n_audio_layer
+
         def encode_batch() -> None:
             mels = torch.stack([_window_mel(window, n_mels) for _, window, _ in batch])
+            mels = mels.to(self.device, dtype)
             with torch.inference_mode():
-                self.tap(mels.to(self.device, dtype))
-            for layers, (recording, window, start) in zip(
-                self.tap.last_pass.layers, batch, strict=True
-            ):
+                if stop_early:
+                    all_layers = self.tap.first_layers(mels, deepest)
+                else:
+                    self.tap(mels)
+                    all_layers = self.tap.last_pass.layers
+            for layers, (recording, window, start) in zip(all_layers, batch, strict=True):
                 recording.accumulator.add_pass(
                     layers, start // HOP_LENGTH, len(window) // HOP_LENGTH
                 )

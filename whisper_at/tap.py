@@ -28,6 +28,11 @@ class EncoderPass:
     mel: torch.Tensor  # [batch, n_mels, 3000], the input as the encoder saw it
     output: torch.Tensor  # [batch, 1500, d_model], what the decoder reads
     layers: torch.Tensor  # [batch, n_layer, 1500, d_model], every block's output
+    stem: torch.Tensor | None = None  # [batch, 1500, d_model], block 0's input (keep_stem)
+
+
+class _EnoughLayers(Exception):
+    """Raised by the block hook once the blocks :meth:`EncoderTap.first_layers` needs ran."""
 
 
 PassListener = Callable[[EncoderPass], None]
@@ -42,12 +47,21 @@ class EncoderTap(nn.Module):
         self.listener: PassListener | None = None
         self.last_pass: EncoderPass | None = None
         self.n_passes = 0  # real encoder runs, for tests and benchmarks
+        self.keep_stem = False  # also keep the conv stem's output (the analyses' layer 0)
         self._block_outputs: list[torch.Tensor] = []
+        self._stem: torch.Tensor | None = None
+        self._stop_after: int | None = None
         for block in encoder.blocks:
             block.register_forward_hook(self._keep_block_output)
+        encoder.blocks[0].register_forward_pre_hook(self._keep_stem_output)
 
     def _keep_block_output(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         self._block_outputs.append(output)
+        if len(self._block_outputs) == self._stop_after:
+            raise _EnoughLayers
+
+    def _keep_stem_output(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self._stem = inputs[0] if self.keep_stem else None
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         last = self.last_pass
@@ -66,10 +80,26 @@ class EncoderTap(nn.Module):
         finally:
             self._block_outputs = []
         self.n_passes += 1
-        self.last_pass = EncoderPass(mel=mel, output=output, layers=layers)
+        self.last_pass = EncoderPass(mel=mel, output=output, layers=layers, stem=self._stem)
+        self._stem = None
         if self.listener is not None:
             self.listener(self.last_pass)
         return output
+
+    def first_layers(self, mel: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """``[batch, n_layers, 1500, d]``: the first blocks' outputs; the deeper blocks
+        are not run. For tags-only with a head that reads only the first blocks; not
+        a pass decoding could use, so it is neither remembered nor announced."""
+        self._block_outputs, self._stop_after = [], n_layers
+        try:
+            self.encoder(mel)
+        except _EnoughLayers:
+            pass
+        finally:
+            layers, self._block_outputs, self._stop_after = self._block_outputs, [], None
+            self._stem = None
+        self.n_passes += 1
+        return torch.stack(layers, dim=1)
 
     def forget(self) -> None:
         """Drop the remembered pass (between files, so memory is not held)."""

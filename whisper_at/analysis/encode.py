@@ -46,22 +46,18 @@ class LayerTap:
     def __init__(self, loaded: LoadedWhisper) -> None:
         self.loaded = loaded
         self.tap: EncoderTap = install_tap(loaded.model)
-        self._stem: torch.Tensor | None = None
-        self.tap.encoder.blocks[0].register_forward_pre_hook(self._keep_stem)
+        self.tap.keep_stem = True
 
     @property
     def n_layers(self) -> int:  # including the stem
         return self.loaded.model.dims.n_audio_layer + 1
 
-    def _keep_stem(self, _module, args) -> None:
-        self._stem = args[0]
-
     def layers(self) -> torch.Tensor:
         """``[batch, n_layer + 1, 1500, d]`` of the last real encoder pass."""
         last = self.tap.last_pass
-        if last is None or self._stem is None:
+        if last is None or last.stem is None:
             raise RuntimeError("no encoder pass yet")
-        return torch.cat([self._stem.unsqueeze(1), last.layers], dim=1)
+        return torch.cat([last.stem.unsqueeze(1), last.layers], dim=1)
 
     def encode(self, mels: torch.Tensor) -> torch.Tensor:
         """Run the encoder on ``[batch, n_mels, 3000]`` and return :meth:`layers` (float32)."""
@@ -74,7 +70,6 @@ class LayerTap:
 
     def forget(self) -> None:
         self.tap.forget()
-        self._stem = None
 
 
 def pooled_frames(layers: torch.Tensor, start: int, end: int) -> np.ndarray:

@@ -116,6 +116,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="head checkpoint to write (.safetensors)")
     p.add_argument("--head-type", default="tl_tr", choices=HEAD_TYPES)
     p.add_argument("--proj-dim", type=_positive_int, help="tl_tr_low width (default 512)")
+    p.add_argument(
+        "--layers",
+        type=_positive_int,
+        help="read only the first N encoder blocks (default: all); tags-only then runs N blocks",
+    )
     p.add_argument("--epochs", type=_positive_int, default=30)
     p.add_argument("--lr", type=float, help="default 1e-4 (5e-5 for TL-TR on medium/large)")
     p.add_argument("--batch-size", type=_positive_int, default=48)
@@ -162,6 +167,7 @@ def train_main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             proj_dim=args.proj_dim,
+            layers=args.layers,
             weight_decay=args.weight_decay,
             label_smoothing=args.label_smoothing,
             mixup=args.mixup,

@@ -100,11 +100,9 @@ def _evaluate(head: TaggingHead, data, split: str, threshold: float) -> dict:
     meta = data.meta
     if len(data) == 0:
         raise FeatureStoreError(f"the feature store has no clips in split {split!r}")
-    if (meta["n_layer"], meta["d_model"]) != (cfg.n_layer, cfg.d_model):
-        raise HeadError(
-            f"the head reads {cfg.n_layer} layers of width {cfg.d_model}, the features are "
-            f"{meta['n_layer']} x {meta['d_model']} ({meta['whisper_name']})"
-        )
+    cfg.check_encoder(
+        meta["n_layer"], meta["d_model"], f"the feature store ({meta['whisper_name']})"
+    )
     if cfg.whisper_sha256 and cfg.whisper_sha256 != meta["whisper_sha256"]:
         raise HeadError(
             f"the head was trained on features of other Whisper weights ({cfg.whisper_name}, "

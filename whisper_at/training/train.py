@@ -45,6 +45,7 @@ PAPER_DECAY_STEP = 5
 class TrainOptions:
     head_type: str = "tl_tr"
     proj_dim: int | None = None  # tl_tr_low width (512 in the paper)
+    layers: int | None = None  # read only the first encoder blocks (tags-only stops there)
     epochs: int = 30
     lr: float | None = None  # None: the paper's choice for the head and Whisper size
     batch_size: int = 48
@@ -246,7 +247,8 @@ def train_head(
     labels = data.labels
     config = HeadConfig(
         head_type=opts.head_type,
-        n_layer=meta["n_layer"],
+        n_layer=opts.layers or meta["n_layer"],
+        encoder_layers=meta["n_layer"],
         d_model=meta["d_model"],
         label_names=list(labels.names),
         label_ids=list(labels.ids),
