@@ -5,7 +5,10 @@ Contenders, alternated over several repetitions in one process (medians reported
   loop plus a head per window, batch 1);
 - whisper-at, torch engine, with and without tags;
 - faster-whisper ``transcribe`` alone on the original CTranslate2 folder;
-- whisper-at, ct2 engine, with and without tags.
+- whisper-at, ct2 engine, with and without tags;
+- with ``--batch-size N``: faster-whisper's ``BatchedInferencePipeline`` (no tags) and
+  whisper-at's batched ``transcribe_many`` (ct2, with tags), over the same audio cut
+  into the same chunks.
 Same beam size and temperature for all. The audio is real speech over real sounds:
 the corpus's test clips that contain speech, concatenated (build the corpus first:
 ``whisper-at corpus build --out DIR``). A head is needed for "with tags": pass one
@@ -25,12 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import whisper
-from faster_whisper import WhisperModel
+from faster_whisper import BatchedInferencePipeline, WhisperModel
 from models import WHISPER_DIMS, random_head
 
 import whisper_at
 from whisper_at.audio import load_audio
 from whisper_at.heads import load_head
+from whisper_at.spans import window_chunks
 from whisper_at.weights import load_whisper
 
 
@@ -54,6 +58,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, help="also time batched transcription")
     args = parser.parse_args()
     audio = speech_over_sounds(args.corpus, args.minutes)
     seconds = len(audio) / 16000
@@ -80,6 +85,20 @@ def main() -> None:
         "whisper-at ct2, no tags": lambda: ct2_only.transcribe(audio, **options),
         "whisper-at ct2 + tags": lambda: ct2_tags.transcribe(audio, **options),
     }
+    if args.batch_size:
+        batched = BatchedInferencePipeline(faster)
+        clips = [{"start": (a + 0.5) / 16000, "end": b / 16000} for a, b in window_chunks(audio)]
+
+        def faster_batched() -> None:
+            segments, _ = batched.transcribe(
+                audio, clip_timestamps=clips, batch_size=args.batch_size, **options
+            )
+            list(segments)
+
+        contenders["faster-whisper batched (no tags)"] = faster_batched
+        contenders["whisper-at ct2 batched + tags"] = lambda: ct2_tags.transcribe(
+            audio, batch_size=args.batch_size, **options
+        )
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(args.repeats):
         for name, run in contenders.items():
@@ -102,6 +121,14 @@ def main() -> None:
         print(f"  {engine}: tags overhead {tagged / untagged - 1:+.1%}; "
               f"vs faster-whisper {tagged / fw:.2f}x the time; "
               f"vs openai-whisper {ow / tagged:.2f}x faster")  # fmt: skip
+    if args.batch_size:
+        ours, theirs = (
+            median["whisper-at ct2 batched + tags"],
+            median["faster-whisper batched (no tags)"],
+        )
+        print(f"  batched {args.batch_size}: whisper-at + tags {ours / theirs:.2f}x the time of "
+              f"faster-whisper batched; {ow / ours:.2f}x faster than openai-whisper, "
+              f"{fw / ours:.2f}x faster than faster-whisper sequential")  # fmt: skip
 
 
 if __name__ == "__main__":
