@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ctranslate2
@@ -247,14 +247,22 @@ class CTranslate2Engine:
                 "tagged; transcribe without vad_filter, or load the model with head=None"
             )
         samples = np.asarray(samples, dtype=np.float32)
+        listener = None
         if on_window is not None:
             # the same features faster-whisper computes (and slices its windows from)
             features = self.model.feature_extractor(samples)
             mel = torch.from_numpy(features).to(self.model.encoder_dtype).float()  # as encoded
             locator = WindowLocator(mel, features.shape[-1] - 1)
-            self.tap.listener = locator.listener(on_window)
+            listener = locator.listener(on_window)
+        return self._decode(listener, lambda: self.model.transcribe(samples, **arguments))
+
+    def _decode(
+        self, listener: PassListener | None, run: Callable[[], tuple[Iterable[Any], Any]]
+    ) -> dict[str, Any]:
+        """Run a faster-whisper transcription with ``listener`` on the tap; openai-style dict."""
+        self.tap.listener = listener
         try:
-            segments, info = self.model.transcribe(samples, **arguments)
+            segments, info = run()
             segments = [_segment_dict(s) for s in segments]  # the generator does the work
         finally:
             self.tap.listener = None
@@ -288,25 +296,14 @@ class CTranslate2Engine:
         # faster-whisper turns seconds back into samples with int(): half a sample over
         # the start makes that land exactly on it
         clips = [{"start": (a + 0.5) / SAMPLE_RATE, "end": b / SAMPLE_RATE} for a, b in chunks]
-        if on_chunk is not None:
-            self.tap.listener = _in_order(chunks, on_chunk)
-        try:
-            segments, info = BatchedInferencePipeline(self.model).transcribe(
-                np.asarray(samples, dtype=np.float32),
-                clip_timestamps=clips,
-                batch_size=batch_size,
-                **arguments,
-            )
-            segments = [_segment_dict(s) for s in segments]
-        finally:
-            self.tap.listener = None
-            self.tap.forget()
-            self.model._encoded = self.model._unplaced = None
-        return {
-            "text": "".join(s["text"] for s in segments),
-            "segments": segments,
-            "language": info.language,
-        }
+        samples = np.asarray(samples, dtype=np.float32)
+        pipeline = BatchedInferencePipeline(self.model)
+        return self._decode(
+            None if on_chunk is None else _in_order(chunks, on_chunk),
+            lambda: pipeline.transcribe(
+                samples, clip_timestamps=clips, batch_size=batch_size, **arguments
+            ),
+        )
 
 
 def _in_order(chunks: list[tuple[int, int]], on_chunk: ChunkSink) -> PassListener:
