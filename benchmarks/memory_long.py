@@ -1,11 +1,12 @@
-"""Peak memory for a long recording: tags-only and transcribe+tag, each in a fresh process.
+"""Peak memory for a long recording: tags-only, transcribe+tag, batched, each in a fresh process.
 
 Writes a FLAC of ``--minutes`` (the LibriVox utterances over a quiet tone, looped),
 then runs each job in a child process and reports its peak resident memory
 (``ru_maxrss``) next to the size of the decoded signal, for a short and a long file,
-so growth with length shows. A random TL-TR head stands in for a trained one.
+so growth with length shows. A random TL-TR head stands in for a trained one; the
+engine is the default (ct2 on the CPU); batched transcription uses batch size 8.
 
-    python benchmarks/memory_long.py [--minutes 60]
+    python benchmarks/memory_long.py [--minutes 60] [--jobs tag,transcribe,transcribe_batched]
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import whisper_at
 model = whisper_at.load_model("tiny.en", device="cpu", head=random_head(WHISPER_DIMS["tiny"]))
 if {job!r} == "tag":
     model.tag({path!r})
-else:
+elif {job!r} == "transcribe":
     model.transcribe({path!r}, temperature=0.0)
+else:  # transcribe_batched
+    model.transcribe({path!r}, temperature=0.0, batch_size=8)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -71,7 +74,7 @@ def peak_rss_mb(job: str, path: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--jobs", default="tag,transcribe")
+    parser.add_argument("--jobs", default="tag,transcribe,transcribe_batched")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         print("| job | audio | decoded signal MB | peak RSS MB | wall s |")
