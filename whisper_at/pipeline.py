@@ -228,20 +228,21 @@ class WhisperAT:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         group = _Group(self, at_time_res, tags_per_segment, batch_size, whisper_options)
         limit = int(group_seconds * SAMPLE_RATE)
-        bar = tqdm(unit="file", desc="transcribing", disable=not progress)
-        try:
+
+        def results() -> Iterator[dict[str, Any]]:
             for audio in audios:
                 group.open_recording()
                 for offset, samples in iter_spans(audio, group_seconds):
                     group.add(offset, samples)
                     if group.n_samples >= limit:
                         yield from group.run()
-                        bar.update(group.n_yielded - bar.n)
                 yield from group.close_recording()
             yield from group.run()
-            bar.update(group.n_yielded - bar.n)
-        finally:
-            bar.close()
+
+        with tqdm(unit="file", desc="transcribing", disable=not progress) as bar:
+            for result in results():
+                bar.update(1)
+                yield result
 
     def tag(
         self,
@@ -357,7 +358,6 @@ class _Group:
         self.pieces: list[_Piece] = []
         self.waiting: list[_Recording] = []  # opened, not yielded yet, in input order
         self.n_samples = 0
-        self.n_yielded = 0
 
     def open_recording(self) -> None:
         head = self.model.head
@@ -427,7 +427,6 @@ class _Group:
                 "segments": recording.segments,
                 "language": recording.language,
             }
-            self.n_yielded += 1
             yield self.model._with_tags(
                 result, recording.accumulator, recording.n_samples, self.tags_per_segment
             )
