@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_tag_parser() if tags_only else build_parser()
     args = parser.parse_args(argv[1:] if tags_only else argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    # faster-whisper logs every file's duration at INFO: only with --debug
+    logging.getLogger("faster_whisper").setLevel(logging.DEBUG if args.debug else logging.WARNING)
     if args.list_models:
         _list_models()
         return 0

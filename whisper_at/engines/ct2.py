@@ -34,7 +34,9 @@ from . import ChunkSink, EngineError, WindowLocator, WindowSink
 
 logger = logging.getLogger("whisper_at")
 
-DEFAULT_COMPUTE_TYPE = "default"  # faster-whisper's: the saved type (fp16), float32 on CPU
+# faster-whisper's "default" is the saved type (fp16), which CTranslate2 turns into float32
+# on the CPU with a warning at every load; asking for float32 there is the same, quietly
+DEFAULT_COMPUTE_TYPE = {"cpu": "float32", "cuda": "default"}
 
 # openai-whisper option name -> faster-whisper ``WhisperModel.transcribe`` argument
 OPENAI_OPTIONS = {
@@ -193,7 +195,7 @@ class TappedWhisperModel(WhisperModel):
 class CTranslate2Engine:
     """Transcripts are faster-whisper's: its loop and its CTranslate2 decoder, our encoder pass.
 
-    compute_type: CTranslate2's decoder precision ("default": the saved fp16 on CUDA,
+    compute_type: CTranslate2's decoder precision (default: the saved fp16 on CUDA,
     float32 on CPU; "int8", "int8_float16", ...). The encoder always runs in PyTorch
     (fp32 on CPU, fp16 on CUDA). cpu_threads: CTranslate2's threads (0: its default).
     """
@@ -218,7 +220,7 @@ class CTranslate2Engine:
                 f"{loaded.ct2_dir} has no tokenizer.json, which faster-whisper needs offline"
             )
         device = loaded.model.device
-        self.compute_type = compute_type or DEFAULT_COMPUTE_TYPE
+        self.compute_type = compute_type or DEFAULT_COMPUTE_TYPE[device.type]
         self.tap = tap
         self.n_mels = loaded.model.dims.n_mels
         self.model = TappedWhisperModel(
