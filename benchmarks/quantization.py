@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from whisper_at.corpus.speech import asterisk_prompts, librivox_clips
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
