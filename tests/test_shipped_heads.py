@@ -3,7 +3,7 @@
 The recordings are test-split originals of the corpus the heads were trained on
 (`whisper-at corpus build --seed 0`; splits are by recording and seed-independent,
 listed in docs/results.md), so no clip of them was seen in training: a dog bark, a
-piano phrase, and speech.
+piano phrase, female and male speech.
 """
 
 import numpy as np
@@ -18,20 +18,30 @@ HELD_OUT = {
     "Bark": f"gcompris:memory-sound.rcc/{GCOMPRIS}/memory-sound/resource/LRBark_3_LA_cut.ogg",
     "Piano": f"gcompris:instruments.rcc/{GCOMPRIS}/instruments/resource/piano.ogg",
     "Female speech, woman speaking": "asterisk:agent-pass",
+    "Male speech, man speaking": "flite:rms/conf-onlyperson",
 }
+MALE, FEMALE = "Male speech, man speaking", "Female speech, woman speaking"
 
 
 @pytest.fixture(scope="module")
 def recordings():
-    return {r.id: r for r in find_recordings(["gcompris", "asterisk"])}
+    return {r.id: r for r in find_recordings(["gcompris", "asterisk", "flite"])}
+
+
+def window_of(recording) -> np.ndarray:
+    """The recording as one 10 s window, looped when shorter (as the corpus does)."""
+    audio = recording.load()
+    if len(audio) < 16000 * 10:
+        audio = np.tile(audio, int(np.ceil(16000 * 10 / len(audio))))[: 16000 * 10]
+    return audio
 
 
 @pytest.mark.parametrize("model_name", ["tiny.en", "base"])
 @pytest.mark.parametrize("label,accepted", [
     ("Bark", {"Dog", "Bark", "Domestic animals, pets", "Animal"}),
     ("Piano", {"Piano", "Keyboard (musical)", "Musical instrument", "Music"}),
-    ("Female speech, woman speaking",
-     {"Speech", "Female speech, woman speaking", "Narration, monologue"}),
+    (FEMALE, {"Speech", FEMALE, "Narration, monologue"}),
+    (MALE, {"Speech", MALE, "Speech synthesizer", "Narration, monologue"}),
 ])  # fmt: skip
 def test_shipped_head_names_held_out_sounds(recordings, model_name, label, accepted):
     if shipped_head_path(model_name) is None:
@@ -39,10 +49,7 @@ def test_shipped_head_names_held_out_sounds(recordings, model_name, label, accep
     model = whisper_at.load_model(model_name, device="cpu")
     recording = recordings[HELD_OUT[label]]
     assert label in recording.labels
-    audio = recording.load()
-    if len(audio) < 16000 * 10:  # one 10 s window, the sound looped as the corpus does
-        audio = np.tile(audio, int(np.ceil(16000 * 10 / len(audio))))[: 16000 * 10]
-    tagging = model.tag(audio, at_time_res=10.0)
+    tagging = model.tag(window_of(recording), at_time_res=10.0)
     top = tagging.windows(top_k=3)[0].tags
     assert top[0].label in accepted, (
         recording.id,
@@ -50,6 +57,24 @@ def test_shipped_head_names_held_out_sounds(recordings, model_name, label, accep
     )
     assert top[0].probability > 0.5
     assert top[0].label in recording.labels  # a true label of the recording
+
+
+@pytest.mark.parametrize("model_name", ["tiny.en", "base"])
+def test_shipped_head_tells_male_from_female_speech(recordings, model_name):
+    """Held-out speakers: two male flite voices, the female one, and the Asterisk speaker."""
+    model = whisper_at.load_model(model_name, device="cpu")
+    male, female = model.labels.index(MALE), model.labels.index(FEMALE)
+    for recording_id, gender in [
+        ("flite:rms/conf-onlyperson", MALE),
+        ("flite:awb/conf-invalid", MALE),
+        ("flite:slt/vm-dialout", FEMALE),
+        ("asterisk:agent-pass", FEMALE),
+    ]:
+        recording = recordings[recording_id]
+        assert gender in recording.labels
+        p = model.tag(window_of(recording), at_time_res=10.0).probabilities[0]
+        said = MALE if p[male] > p[female] else FEMALE
+        assert said == gender, (recording_id, round(float(p[male]), 2), round(float(p[female]), 2))
 
 
 def test_shipped_heads_carry_their_provenance():
