@@ -388,18 +388,18 @@ def _run_batched(
     """Files that share batches: unreadable ones are set aside first; if a batch still
     fails (a file corrupt past its header), the rest go one by one, so only the bad
     file is lost."""
-    readable = []
+    durations: dict[str, float] = {}  # the readable files, probed once
     for path in paths:
         try:
-            audio_duration(path)
-            readable.append(path)
+            durations[path] = audio_duration(path)
         except Exception as e:
             print(f"== {path}")
             fail(path, e)
+    readable = list(durations)
 
     def results(group: list[str]) -> Iterator[TaggingResult] | Iterator[dict[str, Any]]:
         if tags_only:
-            total = sum(audio_duration(p) for p in group)
+            total = sum(durations[p] for p in group)
             return model.tag_many(group, args.at_time_res, args.batch_size, True, total)
         return model.transcribe_many(
             group,
