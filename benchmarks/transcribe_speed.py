@@ -1,8 +1,11 @@
 """Transcribe+tag against transcribe-only, side by side on the same audio and weights.
 
 Contenders, alternated over several repetitions in one process (medians reported):
-- openai-whisper ``transcribe`` alone (the reference package's algorithm is this
-  loop plus a head per window, batch 1);
+- openai-whisper ``transcribe`` alone;
+- the reference package's algorithm on the same weights: openai-whisper's loop, batch 1,
+  with the head run on every encoder call (each 30 s window, padding included, pooled
+  to 75 bins and tagged in 10 s windows; temperature fallbacks encode and tag again),
+  as its forked ``transcribe`` does;
 - whisper-at, torch engine, with and without tags;
 - faster-whisper ``transcribe`` alone on the original CTranslate2 folder;
 - whisper-at, ct2 engine, with and without tags;
@@ -50,6 +53,23 @@ def speech_over_sounds(corpus: Path, minutes: float) -> np.ndarray:
     return np.concatenate(audio)
 
 
+def with_reference_tagging(model: whisper.model.Whisper, head: torch.nn.Module) -> None:
+    """Hooks that make openai-whisper's encoder tag as the reference package's fork does."""
+    outputs: list[torch.Tensor] = []
+    for block in model.encoder.blocks:
+        block.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+
+    def tag(_module: torch.nn.Module, _inputs: object, _output: torch.Tensor) -> None:
+        layers = torch.stack(outputs, dim=1)  # [batch, n_layer, 1500, d]
+        outputs.clear()
+        n, n_layer, frames, d = layers.shape
+        bins = layers.reshape(n, n_layer, frames // 20, 20, d).mean(dim=3)  # 75 bins of 0.4 s
+        windows = bins.reshape(n, n_layer, 3, 25, d).transpose(1, 2).reshape(-1, n_layer, 25, d)
+        head(windows)
+
+    model.encoder.register_forward_hook(tag)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True)
@@ -71,6 +91,8 @@ def main() -> None:
     torch_only = whisper_at.load_model(args.model, device="cpu", head=None)
     ct2_tags = whisper_at.load_model(args.model, device="cpu", head=head, engine="ct2")
     ct2_only = whisper_at.load_model(args.model, device="cpu", head=None, engine="ct2")
+    reference = load_whisper(args.model).model
+    with_reference_tagging(reference, head)
     faster = WhisperModel(str(torch_tags.loaded.ct2_dir), device="cpu", compute_type="default")
 
     def faster_run() -> None:
@@ -79,6 +101,9 @@ def main() -> None:
 
     contenders = {
         "openai-whisper (no tags)": lambda: whisper.transcribe(plain, audio, fp16=False, **options),
+        "reference algorithm + tags": lambda: whisper.transcribe(
+            reference, audio, fp16=False, **options
+        ),
         "whisper-at torch, no tags": lambda: torch_only.transcribe(audio, **options),
         "whisper-at torch + tags": lambda: torch_tags.transcribe(audio, **options),
         "faster-whisper (no tags)": faster_run,
@@ -115,12 +140,15 @@ def main() -> None:
         print(f"| {name} | {value:.2f} | {seconds / value:.1f} |")
     print("ratios:")
     ow, fw = median["openai-whisper (no tags)"], median["faster-whisper (no tags)"]
+    ref = median["reference algorithm + tags"]
+    print(f"  reference algorithm: tags overhead {ref / ow - 1:+.1%} over openai-whisper")
     for engine in ("torch", "ct2"):
         tagged = median[f"whisper-at {engine} + tags"]
         untagged = median[f"whisper-at {engine}, no tags"]
         print(f"  {engine}: tags overhead {tagged / untagged - 1:+.1%}; "
               f"vs faster-whisper {tagged / fw:.2f}x the time; "
-              f"vs openai-whisper {ow / tagged:.2f}x faster")  # fmt: skip
+              f"vs openai-whisper {ow / tagged:.2f}x faster; "
+              f"vs the reference algorithm {ref / tagged:.2f}x faster")  # fmt: skip
     if args.batch_size:
         ours, theirs = (
             median["whisper-at ct2 batched + tags"],

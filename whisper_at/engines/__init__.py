@@ -113,15 +113,16 @@ class WindowLocator:
         if start >= stop:
             return None
         seeks = torch.arange(start, stop)
-        valid = torch.clamp(self.content_frames - seeks, max=N_FRAMES)
-        matches = torch.ones(len(seeks), dtype=torch.bool)
-        for j in range(self._PROBES):
+        for j in range(self._PROBES):  # each probe compares only the candidates left
+            valid = torch.clamp(self.content_frames - seeks, max=N_FRAMES)
             same = (
                 self.mel[:, torch.clamp(seeks + j, max=self.mel.shape[-1] - 1)]
                 == window[:, j : j + 1]
             ).all(dim=0)
-            matches &= same | (valid <= j)
-        candidates = seeks[matches].tolist()
+            seeks = seeks[same | (valid <= j)]
+            if len(seeks) == 0:
+                return None
+        candidates = seeks.tolist()
         for seek in reversed(candidates) if latest else candidates:
             n = self.valid_frames(seek)
             if torch.equal(self.mel[:, seek : seek + n], window[:, :n]):

@@ -25,6 +25,7 @@ import ctranslate2
 import numpy as np
 import torch
 from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper.feature_extractor import FeatureExtractor
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
@@ -143,6 +144,34 @@ def _token_list(tokens: str | Iterable[int] | None) -> list[int] | None:
     return [int(t) for t in tokens]
 
 
+class SharedFeatureExtractor(FeatureExtractor):
+    """faster-whisper's feature extractor, computing a file's log-mel once for both sides.
+
+    The tagger places windows by their content in the whole file's log-mel, the very
+    array faster-whisper slices its windows from. :meth:`share` computes it for the
+    tagger and keeps it; faster-whisper's own call for the same samples array then
+    returns it instead of a second STFT of the whole file (about 3% of the time of a
+    tiny.en transcription otherwise).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._shared: tuple[np.ndarray, np.ndarray] | None = None  # (samples, features)
+
+    def share(self, samples: np.ndarray) -> np.ndarray:
+        self._shared = (samples, super().__call__(samples))
+        return self._shared[1]
+
+    def forget(self) -> None:
+        self._shared = None
+
+    def __call__(self, waveform: np.ndarray, padding: int = 160, chunk_length=None):
+        shared = self._shared
+        if shared is not None and waveform is shared[0] and padding == 160 and not chunk_length:
+            return shared[1]
+        return super().__call__(waveform, padding=padding, chunk_length=chunk_length)
+
+
 class TappedWhisperModel(WhisperModel):
     """faster-whisper's ``WhisperModel`` whose encoder is the tapped PyTorch encoder.
 
@@ -153,6 +182,7 @@ class TappedWhisperModel(WhisperModel):
 
     def __init__(self, model_dir: str, tap: EncoderTap, torch_device: torch.device, **kwargs):
         super().__init__(model_dir, **kwargs)
+        self.feature_extractor = SharedFeatureExtractor(**self.feat_kwargs)
         self.tap = tap
         self.torch_device = torch_device
         self.encoder_dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
@@ -252,7 +282,7 @@ class CTranslate2Engine:
         listener = None
         if on_window is not None:
             # the same features faster-whisper computes (and slices its windows from)
-            features = self.model.feature_extractor(samples)
+            features = self.model.feature_extractor.share(samples)
             mel = torch.from_numpy(features).to(self.model.encoder_dtype).float()  # as encoded
             locator = WindowLocator(mel, features.shape[-1] - 1)
             listener = locator.listener(on_window)
@@ -269,6 +299,7 @@ class CTranslate2Engine:
         finally:
             self.tap.listener = None
             self.tap.forget()
+            self.model.feature_extractor.forget()
             self.model._encoded = self.model._unplaced = None
         return {
             "text": "".join(s["text"] for s in segments),
