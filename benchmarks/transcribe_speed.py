@@ -1,6 +1,7 @@
 """Transcribe+tag against transcribe-only, side by side on the same audio and weights.
 
-Contenders, alternated over several repetitions in one process (medians reported):
+Contenders, each in its own worker process (``side_by_side.py``), alternated over
+several rounds (medians reported):
 - openai-whisper ``transcribe`` alone;
 - the reference package's algorithm on the same weights: openai-whisper's loop, batch 1,
   with the head run on every encoder call (each 30 s window, padding included, pooled
@@ -17,28 +18,48 @@ the corpus's test clips that contain speech, concatenated (build the corpus firs
 ``whisper-at corpus build --out DIR``). A head is needed for "with tags": pass one
 with --head; without it a randomly initialised TL-TR head stands in (same cost).
 
-    python benchmarks/transcribe_speed.py --corpus DIR [--minutes 3] [--repeats 3]
+    python benchmarks/transcribe_speed.py --corpus DIR [--minutes 3] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import whisper
-from faster_whisper import BatchedInferencePipeline, WhisperModel
 from models import WHISPER_DIMS, random_head
+from side_by_side import TABLE_HEADER, alternate
 
-import whisper_at
 from whisper_at.audio import load_audio
-from whisper_at.heads import load_head
-from whisper_at.spans import window_chunks
-from whisper_at.weights import load_whisper
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every worker needs to rebuild the same audio, model and options."""
+
+    corpus: Path
+    minutes: float
+    model: str
+    head: str | None
+    beam_size: int
+
+    def audio(self) -> np.ndarray:
+        return speech_over_sounds(self.corpus, self.minutes)
+
+    def options(self) -> dict:
+        return {"beam_size": self.beam_size, "temperature": 0.0}
+
+    def tagging_head(self) -> torch.nn.Module:
+        from whisper_at.heads import load_head
+
+        if self.head:
+            return load_head(self.head)
+        return random_head(WHISPER_DIMS[self.model.removesuffix(".en")])
 
 
 def speech_over_sounds(corpus: Path, minutes: float) -> np.ndarray:
@@ -53,7 +74,7 @@ def speech_over_sounds(corpus: Path, minutes: float) -> np.ndarray:
     return np.concatenate(audio)
 
 
-def with_reference_tagging(model: whisper.model.Whisper, head: torch.nn.Module) -> None:
+def with_reference_tagging(model: torch.nn.Module, head: torch.nn.Module) -> None:
     """Hooks that make openai-whisper's encoder tag as the reference package's fork does."""
     outputs: list[torch.Tensor] = []
     for block in model.encoder.blocks:
@@ -70,6 +91,47 @@ def with_reference_tagging(model: whisper.model.Whisper, head: torch.nn.Module) 
     model.encoder.register_forward_hook(tag)
 
 
+def openai_whisper(setup: Setup, reference_tagging: bool) -> Callable[[], object]:
+    import whisper
+
+    from whisper_at.weights import load_whisper
+
+    model = load_whisper(setup.model).model
+    if reference_tagging:
+        with_reference_tagging(model, setup.tagging_head().eval())
+    audio, options = setup.audio(), setup.options()
+    return lambda: whisper.transcribe(model, audio, fp16=False, **options)
+
+
+def whisper_at_engine(
+    setup: Setup, engine: str, tags: bool, batch_size: int | None = None
+) -> Callable[[], object]:
+    import whisper_at
+
+    head = setup.tagging_head() if tags else None
+    model = whisper_at.load_model(setup.model, device="cpu", head=head, engine=engine)
+    assert model.engine.name == engine
+    audio, options = setup.audio(), setup.options()
+    return lambda: model.transcribe(audio, batch_size=batch_size, **options)
+
+
+def faster_whisper(setup: Setup, batch_size: int | None = None) -> Callable[[], object]:
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    from whisper_at.spans import window_chunks
+    from whisper_at.weights import load_whisper
+
+    model = WhisperModel(str(load_whisper(setup.model).ct2_dir), compute_type="float32")
+    audio, options = setup.audio(), setup.options()
+    if batch_size is None:
+        return lambda: list(model.transcribe(audio, vad_filter=False, **options)[0])
+    batched = BatchedInferencePipeline(model)
+    clips = [{"start": (a + 0.5) / 16000, "end": b / 16000} for a, b in window_chunks(audio)]
+    return lambda: list(
+        batched.transcribe(audio, clip_timestamps=clips, batch_size=batch_size, **options)[0]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True)
@@ -77,67 +139,35 @@ def main() -> None:
     parser.add_argument("--head", help="head checkpoint (default: a random TL-TR head)")
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--beam-size", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, help="also time batched transcription")
     args = parser.parse_args()
-    audio = speech_over_sounds(args.corpus, args.minutes)
-    seconds = len(audio) / 16000
-    options = {"beam_size": args.beam_size, "temperature": 0.0}
-
-    plain = load_whisper(args.model).model
-    size = args.model.removesuffix(".en")
-    head = load_head(args.head) if args.head else random_head(WHISPER_DIMS[size])
-    torch_tags = whisper_at.load_model(args.model, device="cpu", head=head)
-    torch_only = whisper_at.load_model(args.model, device="cpu", head=None)
-    ct2_tags = whisper_at.load_model(args.model, device="cpu", head=head, engine="ct2")
-    ct2_only = whisper_at.load_model(args.model, device="cpu", head=None, engine="ct2")
-    reference = load_whisper(args.model).model
-    with_reference_tagging(reference, head)
-    faster = WhisperModel(str(torch_tags.loaded.ct2_dir), device="cpu", compute_type="default")
-
-    def faster_run() -> None:
-        segments, _ = faster.transcribe(audio, vad_filter=False, **options)
-        list(segments)
-
+    setup = Setup(args.corpus, args.minutes, args.model, args.head, args.beam_size)
+    seconds = len(setup.audio()) / 16000
+    p = functools.partial
     contenders = {
-        "openai-whisper (no tags)": lambda: whisper.transcribe(plain, audio, fp16=False, **options),
-        "reference algorithm + tags": lambda: whisper.transcribe(
-            reference, audio, fp16=False, **options
-        ),
-        "whisper-at torch, no tags": lambda: torch_only.transcribe(audio, **options),
-        "whisper-at torch + tags": lambda: torch_tags.transcribe(audio, **options),
-        "faster-whisper (no tags)": faster_run,
-        "whisper-at ct2, no tags": lambda: ct2_only.transcribe(audio, **options),
-        "whisper-at ct2 + tags": lambda: ct2_tags.transcribe(audio, **options),
+        "openai-whisper (no tags)": p(openai_whisper, setup, False),
+        "reference algorithm + tags": p(openai_whisper, setup, True),
+        "whisper-at torch, no tags": p(whisper_at_engine, setup, "torch", False),
+        "whisper-at torch + tags": p(whisper_at_engine, setup, "torch", True),
+        "faster-whisper (no tags)": p(faster_whisper, setup),
+        "whisper-at ct2, no tags": p(whisper_at_engine, setup, "ct2", False),
+        "whisper-at ct2 + tags": p(whisper_at_engine, setup, "ct2", True),
     }
     if args.batch_size:
-        batched = BatchedInferencePipeline(faster)
-        clips = [{"start": (a + 0.5) / 16000, "end": b / 16000} for a, b in window_chunks(audio)]
-
-        def faster_batched() -> None:
-            segments, _ = batched.transcribe(
-                audio, clip_timestamps=clips, batch_size=args.batch_size, **options
-            )
-            list(segments)
-
-        contenders["faster-whisper batched (no tags)"] = faster_batched
-        contenders["whisper-at ct2 batched + tags"] = lambda: ct2_tags.transcribe(
-            audio, batch_size=args.batch_size, **options
+        contenders["faster-whisper batched (no tags)"] = p(faster_whisper, setup, args.batch_size)
+        contenders["whisper-at ct2 batched + tags"] = p(
+            whisper_at_engine, setup, "ct2", True, args.batch_size
         )
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(args.repeats):
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    timings = alternate(contenders, args.repeats)
 
-    median = {name: statistics.median(values) for name, values in times.items()}
     print(f"{args.model}, {seconds:.0f} s of speech over sounds, beam {args.beam_size}, "
-          f"CPU threads {torch.get_num_threads()}, {args.repeats} repeats (median)")  # fmt: skip
-    print("| contender | median s | x real time |")
-    print("|---|---|---|")
-    for name, value in median.items():
-        print(f"| {name} | {value:.2f} | {seconds / value:.1f} |")
+          f"CPU threads {torch.get_num_threads()}, one process per contender, "
+          f"{args.repeats} rounds after a warm-up run (median)")  # fmt: skip
+    print(TABLE_HEADER)
+    for timing in timings:
+        print(timing.row(seconds))
+    median = {t.name: t.median for t in timings}
     print("ratios:")
     ow, fw = median["openai-whisper (no tags)"], median["faster-whisper (no tags)"]
     ref = median["reference algorithm + tags"]

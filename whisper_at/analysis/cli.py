@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "--prompts",
         type=int,
         default=RobustnessGrid.n_prompts,
-        help="Asterisk prompts with 6+ words (default 20)",
+        help="Asterisk prompts with 6+ words (default 40, as in the paper)",
     )
     r.add_argument(
         "--classes", type=int, default=RobustnessGrid.n_classes, help="noise classes (default 20)"

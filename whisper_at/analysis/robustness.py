@@ -45,7 +45,7 @@ MAX_TOKENS = 128
 
 @dataclass
 class RobustnessGrid:
-    n_prompts: int = 20  # of 176; the paper used 40 (see docs/analysis.md for run times)
+    n_prompts: int = 40  # of the 176 with 6+ words, as in the paper (40 utterances)
     n_classes: int = 20
     snrs: tuple[int, ...] = DEFAULT_SNRS
     seed: int = 0
