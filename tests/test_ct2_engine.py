@@ -76,6 +76,24 @@ def test_long_audio_one_encoder_pass_per_window_and_tags_on_the_grid(
     )
 
 
+def test_the_files_log_mel_is_computed_once_for_decoding_and_tagging(
+    model, faster, long_speech, monkeypatch
+):
+    extractor = model.engine.model.feature_extractor
+    calls = []
+    stft = type(extractor).stft
+    counted = staticmethod(lambda *a, **k: calls.append(1) or stft(*a, **k))
+    monkeypatch.setattr(type(extractor), "stft", counted)
+    result = model.transcribe(long_speech, temperature=0.0, beam_size=1)
+    assert len(calls) == 1  # one STFT of the whole file, shared by faster-whisper and the tagger
+    assert view(result["segments"]) == faster_view(
+        faster, long_speech, temperature=0.0, beam_size=1
+    )
+    calls.clear()
+    model.transcribe(long_speech[: 16000 * 20], temperature=0.0, beam_size=1)
+    assert len(calls) == 1  # another file: computed afresh, not the previous file's
+
+
 def test_temperature_fallback_does_not_encode_again(model, speech):
     # a compression-ratio threshold of 0 makes every temperature fail and fall back
     _, audio = speech[0]

@@ -44,8 +44,8 @@ class Engine(Protocol):
 def resolve_engine(name: str, loaded: LoadedWhisper) -> str:
     """ "auto": ct2 on the CPU where the weights come with a CTranslate2 folder, else torch.
 
-    On the CPU the ct2 engine transcribes and tags in the time faster-whisper takes to
-    transcribe alone, 2.6x faster than openai-whisper (``benchmarks/transcribe_speed.py``,
+    On the CPU the ct2 engine transcribes and tags in 0.92x the time faster-whisper takes
+    to transcribe alone, 1.5x faster than openai-whisper (``benchmarks/transcribe_speed.py``,
     docs/performance.md); on a GPU no such measurement exists yet, so torch stays.
     """
     if name != "auto":
