@@ -45,7 +45,7 @@ def _save(fig, path: Path) -> list[str]:
 
 def figure1(out_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> list[str]:
     """Upper: WER vs SNR with bootstrap 95% intervals; lower: probe accuracy per layer
-    (x = relative depth, 0 = conv stem, 1 = last block), for every model with results."""
+    (x = layer index, 0 = conv stem, then every block), for every model with results."""
     plt = _plt()
     rob, probe = load_results(out_dir, "robustness"), load_results(out_dir, "probe")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 7.2))
@@ -228,6 +228,7 @@ def family(
             )
     ax.set_xlabel(f"WER at {low_snr:g} dB SNR (%)")
     ax.set_ylabel("tagging mAP of the head (%)")
+    ax.set_title("Whisper models: tagging mAP vs ASR robustness", fontsize=9)
     ax.grid(alpha=0.3)
     _save(fig, Path(path or Path(out_dir) / "figure5.png"))
     summary = {"low_snr": low_snr, "rows": rows}
