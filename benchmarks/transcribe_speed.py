@@ -12,7 +12,10 @@ several rounds (medians reported):
 - whisper-at, ct2 engine, with and without tags;
 - with ``--batch-size N``: faster-whisper's ``BatchedInferencePipeline`` (no tags) and
   whisper-at's batched ``transcribe_many`` (ct2, with tags), over the same audio cut
-  into the same chunks.
+  into the same chunks;
+- with ``--int8-decoder``: faster-whisper with ``compute_type="int8"`` and whisper-at
+  ct2 + tags with an int8 CTranslate2 decoder (the PyTorch encoder, and so the tags,
+  stay float32).
 Same beam size and temperature for all. The audio is real speech over real sounds:
 the corpus's test clips that contain speech, concatenated (build the corpus first:
 ``whisper-at corpus build --out DIR``). A head is needed for "with tags": pass one
@@ -104,24 +107,32 @@ def openai_whisper(setup: Setup, reference_tagging: bool) -> Callable[[], object
 
 
 def whisper_at_engine(
-    setup: Setup, engine: str, tags: bool, batch_size: int | None = None
+    setup: Setup,
+    engine: str,
+    tags: bool,
+    batch_size: int | None = None,
+    compute_type: str | None = None,
 ) -> Callable[[], object]:
     import whisper_at
 
     head = setup.tagging_head() if tags else None
-    model = whisper_at.load_model(setup.model, device="cpu", head=head, engine=engine)
+    model = whisper_at.load_model(
+        setup.model, device="cpu", head=head, engine=engine, compute_type=compute_type
+    )
     assert model.engine.name == engine
     audio, options = setup.audio(), setup.options()
     return lambda: model.transcribe(audio, batch_size=batch_size, **options)
 
 
-def faster_whisper(setup: Setup, batch_size: int | None = None) -> Callable[[], object]:
+def faster_whisper(
+    setup: Setup, batch_size: int | None = None, compute_type: str = "float32"
+) -> Callable[[], object]:
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     from whisper_at.spans import window_chunks
     from whisper_at.weights import load_whisper
 
-    model = WhisperModel(str(load_whisper(setup.model).ct2_dir), compute_type="float32")
+    model = WhisperModel(str(load_whisper(setup.model).ct2_dir), compute_type=compute_type)
     audio, options = setup.audio(), setup.options()
     if batch_size is None:
         return lambda: list(model.transcribe(audio, vad_filter=False, **options)[0])
@@ -141,6 +152,9 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, help="also time batched transcription")
+    parser.add_argument(
+        "--int8-decoder", action="store_true", help="also time int8 CTranslate2 decoding"
+    )
     args = parser.parse_args()
     setup = Setup(args.corpus, args.minutes, args.model, args.head, args.beam_size)
     seconds = len(setup.audio()) / 16000
@@ -158,6 +172,11 @@ def main() -> None:
         contenders["faster-whisper batched (no tags)"] = p(faster_whisper, setup, args.batch_size)
         contenders["whisper-at ct2 batched + tags"] = p(
             whisper_at_engine, setup, "ct2", True, args.batch_size
+        )
+    if args.int8_decoder:
+        contenders["faster-whisper int8 (no tags)"] = p(faster_whisper, setup, None, "int8")
+        contenders["whisper-at ct2 + tags, int8 decoder"] = p(
+            whisper_at_engine, setup, "ct2", True, None, "int8"
         )
     timings = alternate(contenders, args.repeats)
 
@@ -187,6 +206,11 @@ def main() -> None:
         print(f"  batched {args.batch_size}: whisper-at + tags {ours / theirs:.2f}x the time of "
               f"faster-whisper batched; {ow / ours:.2f}x faster than openai-whisper, "
               f"{fw / ours:.2f}x faster than faster-whisper sequential")  # fmt: skip
+    if args.int8_decoder:
+        ours = median["whisper-at ct2 + tags, int8 decoder"]
+        theirs = median["faster-whisper int8 (no tags)"]
+        print(f"  int8 decoder: whisper-at + tags {ours / theirs:.2f}x the time of "
+              f"faster-whisper int8; {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ import logging
 import math
 
 import pytest
+import torch
 from faster_whisper import WhisperModel
+from faster_whisper.feature_extractor import FeatureExtractor
 from helpers import random_head
 
 import whisper_at
-from whisper_at.engines import make_engine
+from whisper_at.engines import WindowLocator, make_engine
 from whisper_at.engines.ct2 import EngineError, faster_whisper_options
 from whisper_at.weights import available_models
 
@@ -92,6 +94,22 @@ def test_the_files_log_mel_is_computed_once_for_decoding_and_tagging(
     calls.clear()
     model.transcribe(long_speech[: 16000 * 20], temperature=0.0, beam_size=1)
     assert len(calls) == 1  # another file: computed afresh, not the previous file's
+
+
+def test_windows_are_placed_alike_by_their_address_and_by_their_content(long_speech):
+    # faster-whisper's full windows are slices of the shared log-mel (placed by address);
+    # its padded last window and batches are copies (placed by comparing content)
+    mel = torch.from_numpy(FeatureExtractor()(long_speech))
+    by_address, by_content = (WindowLocator(mel, mel.shape[-1] - 1) for _ in range(2))
+    seeks = range(0, mel.shape[-1] - 3000, 2900)
+    assert len(seeks) >= 3
+    for seek in seeks:
+        window = mel[:, seek : seek + 3000]
+        assert by_address._slice_start(window) == seek
+        assert by_address._slice_start(window.clone()) is None
+        assert by_address.locate(window) == seek
+        assert by_content.locate(window.clone()) == seek
+    assert by_content.locate(torch.zeros_like(window)) is None  # not from this file
 
 
 def test_temperature_fallback_does_not_encode_again(model, speech):

@@ -97,14 +97,33 @@ class WindowLocator:
 
     def locate(self, window: torch.Tensor) -> int | None:
         """Start (mel frames) of ``window`` ``[n_mels, N_FRAMES]``, or None if not found."""
-        window = window.float().cpu()
-        seek = self._search(window, self._last_seek + 1, self._covered + 1, latest=True)
+        seek = self._slice_start(window)
+        if seek is None:
+            window = window.float().cpu()
+            seek = self._search(window, self._last_seek + 1, self._covered + 1, latest=True)
         if seek is None:  # a jump forward (clip_timestamps): take the first match after it
             seek = self._search(window, self._covered + 1, self._covered + 1 + 2 * N_FRAMES)
         if seek is not None:
             self._last_seek = seek
             self._covered = max(self._covered, seek + self.valid_frames(seek))
         return seek
+
+    def _slice_start(self, window: torch.Tensor) -> int | None:
+        """The start of ``window`` if it is a view into this very log-mel, else None.
+
+        faster-whisper hands every full window to the encoder as a slice of the shared
+        array, not a copy; its memory address then says where it starts, exactly and
+        without comparing content (padded last windows and batches are copies and go
+        through :meth:`_search`)."""
+        mel = self.mel
+        if window.device != mel.device or window.dtype != mel.dtype:
+            return None
+        if window.shape[0] != mel.shape[0] or window.stride() != mel.stride():
+            return None
+        offset, remainder = divmod(window.data_ptr() - mel.data_ptr(), mel.element_size())
+        if remainder or not 0 <= offset <= mel.shape[-1] - window.shape[-1]:
+            return None
+        return offset
 
     def _search(
         self, window: torch.Tensor, start: int, stop: int, latest: bool = False

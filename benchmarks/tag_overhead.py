@@ -1,0 +1,59 @@
+"""What the tags add to a transcription: the same engine with and without a head, paired.
+
+The overhead target (at most 1% extra wall time) is smaller than the run-to-run spread
+of a whole transcription on a shared CPU (a few percent), so a five-round table cannot
+settle it. Here the two contenders of each engine run back to back in every round (one
+worker process each, ``side_by_side.py``) and the overhead is the median of the
+per-round ratios, with a bootstrap 95% interval, over many rounds. Same audio, head and
+options as ``transcribe_speed.py``.
+
+    python benchmarks/tag_overhead.py --corpus DIR [--engines ct2 torch] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+from side_by_side import alternate
+from transcribe_speed import Setup, whisper_at_engine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--head", help="head checkpoint (default: a random TL-TR head)")
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--engines", nargs="+", default=["ct2"], choices=["ct2", "torch"])
+    args = parser.parse_args()
+    setup = Setup(args.corpus, args.minutes, args.model, args.head, args.beam_size)
+    seconds = len(setup.audio()) / 16000
+    contenders = {
+        f"{engine} {'+ tags' if tags else 'no tags'}": functools.partial(
+            whisper_at_engine, setup, engine, tags
+        )
+        for engine in args.engines
+        for tags in (False, True)
+    }
+    runs = {t.name: np.array(t.seconds) for t in alternate(contenders, args.repeats)}
+    print(f"{args.model}, {seconds:.0f} s of speech over sounds, beam {args.beam_size}, "
+          f"CPU threads {torch.get_num_threads()}, {args.repeats} paired rounds")  # fmt: skip
+    rng = np.random.default_rng(0)
+    for engine in args.engines:
+        tagged, untagged = runs[f"{engine} + tags"], runs[f"{engine} no tags"]
+        ratios = tagged / untagged
+        boot = np.median(rng.choice(ratios, (2000, len(ratios))), axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        print(f"  {engine}: no tags {np.median(untagged):.2f} s, + tags {np.median(tagged):.2f} s;"
+              f" overhead (median of per-round ratios) {np.median(ratios) - 1:+.1%}"
+              f" (95% CI {low - 1:+.1%} to {high - 1:+.1%})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
