@@ -1,9 +1,10 @@
-"""int8 on the CPU: what it saves in time and what it costs in tags and text.
+"""Lower precision on the CPU: what it saves in time and what it costs in tags and text.
 
-Three precisions of the default engine: float32; ``compute_type="int8"`` (an int8
-CTranslate2 decoder, the PyTorch encoder and so the tags stay float32); and
-``int8=True`` (int8 dynamic quantization of the encoder too). Side by side in one
-process, alternating, on the same audio and weights:
+Four precisions of the default engine: float32; ``compute_type="int8"`` (an int8
+CTranslate2 decoder, the PyTorch encoder and so the tags stay float32); ``int8=True``
+(int8 dynamic quantization of the encoder too); and ``bf16=True`` (the encoder in
+bfloat16, the decoder float32). Side by side in one process, alternating, on the same
+audio and weights:
 - speed: transcribe+tag and tags-only;
 - transcripts: WER against the reference text of every real utterance with known
   text (the LibriVox clips and the Asterisk prompts), greedy;
@@ -44,7 +45,9 @@ def main() -> None:
         "float32": whisper_at.load_model(args.model, device="cpu"),
         "int8 decoder": whisper_at.load_model(args.model, device="cpu", compute_type="int8"),
         "int8": whisper_at.load_model(args.model, device="cpu", int8=True),
+        "bf16 encoder": whisper_at.load_model(args.model, device="cpu", bf16=True),
     }
+    lowered = [precision for precision in models if precision != "float32"]
     engine = models["float32"].engine.name
     print(f"{args.model}, engine {engine}, {seconds:.0f} s of speech over sounds, "
           f"CPU threads {torch.get_num_threads()}, {args.repeats} repeats")  # fmt: skip
@@ -64,7 +67,7 @@ def main() -> None:
     for name, value in median.items():
         print(f"| {name} | {value:.2f} | {seconds / value:.1f} |")
     for job in ("transcribe+tag", "tags only"):
-        for precision in ("int8 decoder", "int8"):
+        for precision in lowered:
             ratio = median[f"{job}, {precision}"] / median[f"{job}, float32"]
             print(f"{job}: {precision} takes {ratio:.2f}x the time of float32")
 
@@ -77,7 +80,7 @@ def main() -> None:
 
     probs = {p: torch.sigmoid(m.tag(audio).logits) for p, m in models.items()}
     a = probs["float32"]
-    for precision in ("int8 decoder", "int8"):
+    for precision in lowered:
         b = probs[precision]
         top1 = (a.argmax(1) == b.argmax(1)).float().mean().item()
         top3 = np.mean([set(x.topk(3).indices.tolist()) == set(y.topk(3).indices.tolist())

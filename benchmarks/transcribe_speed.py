@@ -15,7 +15,9 @@ several rounds (medians reported):
   into the same chunks;
 - with ``--int8-decoder``: faster-whisper with ``compute_type="int8"`` and whisper-at
   ct2 + tags with an int8 CTranslate2 decoder (the PyTorch encoder, and so the tags,
-  stay float32).
+  stay float32);
+- with ``--bf16``: whisper-at ct2 + tags with the encoder in bfloat16, with the float32
+  and with the int8 decoder.
 Same beam size and temperature for all. The audio is real speech over real sounds:
 the corpus's test clips that contain speech, concatenated (build the corpus first:
 ``whisper-at corpus build --out DIR``). A head is needed for "with tags": pass one
@@ -112,12 +114,13 @@ def whisper_at_engine(
     tags: bool,
     batch_size: int | None = None,
     compute_type: str | None = None,
+    bf16: bool = False,
 ) -> Callable[[], object]:
     import whisper_at
 
     head = setup.tagging_head() if tags else None
     model = whisper_at.load_model(
-        setup.model, device="cpu", head=head, engine=engine, compute_type=compute_type
+        setup.model, device="cpu", head=head, engine=engine, compute_type=compute_type, bf16=bf16
     )
     assert model.engine.name == engine
     audio, options = setup.audio(), setup.options()
@@ -155,6 +158,7 @@ def main() -> None:
     parser.add_argument(
         "--int8-decoder", action="store_true", help="also time int8 CTranslate2 decoding"
     )
+    parser.add_argument("--bf16", action="store_true", help="also time a bfloat16 encoder")
     args = parser.parse_args()
     setup = Setup(args.corpus, args.minutes, args.model, args.head, args.beam_size)
     seconds = len(setup.audio()) / 16000
@@ -177,6 +181,13 @@ def main() -> None:
         contenders["faster-whisper int8 (no tags)"] = p(faster_whisper, setup, None, "int8")
         contenders["whisper-at ct2 + tags, int8 decoder"] = p(
             whisper_at_engine, setup, "ct2", True, None, "int8"
+        )
+    if args.bf16:
+        contenders["whisper-at ct2 + tags, bf16 encoder"] = p(
+            whisper_at_engine, setup, "ct2", True, None, None, True
+        )
+        contenders["whisper-at ct2 + tags, bf16 encoder, int8 decoder"] = p(
+            whisper_at_engine, setup, "ct2", True, None, "int8", True
         )
     timings = alternate(contenders, args.repeats)
 
@@ -211,6 +222,11 @@ def main() -> None:
         theirs = median["faster-whisper int8 (no tags)"]
         print(f"  int8 decoder: whisper-at + tags {ours / theirs:.2f}x the time of "
               f"faster-whisper int8; {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
+    if args.bf16:
+        for name in ("bf16 encoder", "bf16 encoder, int8 decoder"):
+            ours = median[f"whisper-at ct2 + tags, {name}"]
+            print(f"  {name}: whisper-at + tags {ours / fw:.2f}x the time of faster-whisper "
+                  f"(float32); {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
 
 
 if __name__ == "__main__":

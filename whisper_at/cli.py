@@ -64,6 +64,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--int8", action="store_true", help="CPU: int8 encoder and decoder (faster, slightly off)"
     )
     parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 encoder, ct2 engine and tags-only (fast on CPUs with AMX; slightly off)",
+    )
+    parser.add_argument(
         "--head", default="default", help="tagging head: default, none, or a .safetensors path"
     )
     parser.add_argument("--at-low-compute", action="store_true", help="use the low-dim TL-TR head")
@@ -271,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             engine=args.engine,
             compute_type=args.compute_type,
             int8=args.int8,
+            bf16=args.bf16,
         )
     except (WeightsError, HeadError, ValueError, TypeError) as e:
         print(f"whisper-at: error: {e}", file=sys.stderr)

@@ -29,7 +29,7 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from ..tap import EncoderPass, EncoderTap, PassListener
+from ..tap import EncoderPass, EncoderTap, PassListener, encoder_precision
 from ..weights import LoadedWhisper
 from . import ChunkSink, EngineError, WindowLocator, WindowSink
 
@@ -180,12 +180,19 @@ class TappedWhisperModel(WhisperModel):
     already encoded ``[batch, 1500, d]`` input as it is, moved to its device and type).
     """
 
-    def __init__(self, model_dir: str, tap: EncoderTap, torch_device: torch.device, **kwargs):
+    def __init__(
+        self,
+        model_dir: str,
+        tap: EncoderTap,
+        torch_device: torch.device,
+        encoder_dtype: torch.dtype,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model_dir, **kwargs)
         self.feature_extractor = SharedFeatureExtractor(**self.feat_kwargs)
         self.tap = tap
         self.torch_device = torch_device
-        self.encoder_dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
+        self.encoder_dtype = encoder_dtype
         self._encoded: torch.Tensor | np.ndarray | None = None  # memory the StorageView reads
         self._detecting = False  # inside faster-whisper's language detection
         self._unplaced: EncoderPass | None = None  # its pass, not handed to the tagger yet
@@ -215,8 +222,8 @@ class TappedWhisperModel(WhisperModel):
             if tap.last_pass is self._unplaced and tap.n_passes == passes and listener:
                 listener(self._unplaced)  # language detection's pass, now decoded from
             self._unplaced = None
-        if output.is_cuda:
-            self._encoded = output.contiguous()
+        if output.is_cuda:  # CTranslate2 reads float16 (a bfloat16 encoder's output is cast)
+            self._encoded = output.half().contiguous()
         else:
             self._encoded = np.ascontiguousarray(output.float().numpy())
         return ctranslate2.StorageView.from_array(self._encoded)
@@ -226,8 +233,9 @@ class CTranslate2Engine:
     """Transcripts are faster-whisper's: its loop and its CTranslate2 decoder, our encoder pass.
 
     compute_type: CTranslate2's decoder precision (default: the saved fp16 on CUDA,
-    float32 on CPU; "int8", "int8_float16", ...). The encoder always runs in PyTorch
-    (fp32 on CPU, fp16 on CUDA). cpu_threads: CTranslate2's threads (0: its default).
+    float32 on CPU; "int8", "int8_float16", ...). The encoder always runs in PyTorch,
+    in ``encoder_dtype`` (default: fp32 on CPU, fp16 on CUDA; bfloat16 with
+    ``load_model(..., bf16=True)``). cpu_threads: CTranslate2's threads (0: its default).
     """
 
     name = "ct2"
@@ -238,6 +246,7 @@ class CTranslate2Engine:
         tap: EncoderTap,
         compute_type: str | None = None,
         cpu_threads: int = 0,
+        encoder_dtype: torch.dtype | None = None,
     ) -> None:
         if loaded.ct2_dir is None:
             raise EngineError(
@@ -257,6 +266,7 @@ class CTranslate2Engine:
             str(loaded.ct2_dir),
             tap,
             device,
+            encoder_dtype or encoder_precision(device),
             device="cuda" if device.type == "cuda" else "cpu",
             device_index=device.index or 0,
             compute_type=self.compute_type,
