@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,15 +23,10 @@ from transcribe_speed import Setup, whisper_at_engine
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--head", help="head checkpoint (default: a random TL-TR head)")
-    parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--beam-size", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=15)
+    Setup.add_arguments(parser, repeats=15)
     parser.add_argument("--engines", nargs="+", default=["ct2"], choices=["ct2", "torch"])
     args = parser.parse_args()
-    setup = Setup(args.corpus, args.minutes, args.model, args.head, args.beam_size)
+    setup = Setup.from_arguments(args)
     seconds = len(setup.audio()) / 16000
     contenders = {
         f"{engine} {'+ tags' if tags else 'no tags'}": functools.partial(

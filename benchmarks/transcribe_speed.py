@@ -53,6 +53,19 @@ class Setup:
     head: str | None
     beam_size: int
 
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+        parser.add_argument("--corpus", type=Path, required=True)
+        parser.add_argument("--model", default="tiny.en")
+        parser.add_argument("--head", help="head checkpoint (default: a random TL-TR head)")
+        parser.add_argument("--minutes", type=float, default=3.0)
+        parser.add_argument("--beam-size", type=int, default=5)
+        parser.add_argument("--repeats", type=int, default=repeats)
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> Setup:
+        return cls(args.corpus, args.minutes, args.model, args.head, args.beam_size)
+
     def audio(self) -> np.ndarray:
         return speech_over_sounds(self.corpus, self.minutes)
 
@@ -148,19 +161,14 @@ def faster_whisper(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--head", help="head checkpoint (default: a random TL-TR head)")
-    parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--beam-size", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
+    Setup.add_arguments(parser, repeats=5)
     parser.add_argument("--batch-size", type=int, help="also time batched transcription")
     parser.add_argument(
         "--int8-decoder", action="store_true", help="also time int8 CTranslate2 decoding"
     )
     parser.add_argument("--bf16", action="store_true", help="also time a bfloat16 encoder")
     args = parser.parse_args()
-    setup = Setup(args.corpus, args.minutes, args.model, args.head, args.beam_size)
+    setup = Setup.from_arguments(args)
     seconds = len(setup.audio()) / 16000
     p = functools.partial
     contenders = {
