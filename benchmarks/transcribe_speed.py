@@ -186,16 +186,16 @@ def main() -> None:
             whisper_at_engine, setup, "ct2", True, args.batch_size
         )
     if args.int8_decoder:
-        contenders["faster-whisper int8 (no tags)"] = p(faster_whisper, setup, None, "int8")
+        contenders["faster-whisper int8 (no tags)"] = p(faster_whisper, setup, compute_type="int8")
         contenders["whisper-at ct2 + tags, int8 decoder"] = p(
-            whisper_at_engine, setup, "ct2", True, None, "int8"
+            whisper_at_engine, setup, "ct2", True, compute_type="int8"
         )
     if args.bf16:
         contenders["whisper-at ct2 + tags, bf16 encoder"] = p(
-            whisper_at_engine, setup, "ct2", True, None, None, True
+            whisper_at_engine, setup, "ct2", True, bf16=True
         )
         contenders["whisper-at ct2 + tags, bf16 encoder, int8 decoder"] = p(
-            whisper_at_engine, setup, "ct2", True, None, "int8", True
+            whisper_at_engine, setup, "ct2", True, compute_type="int8", bf16=True
         )
     timings = alternate(contenders, args.repeats)
 

@@ -28,6 +28,15 @@ def models():
     }
 
 
+@pytest.fixture(scope="module")
+def float32_outputs(models, speech):
+    """float32's transcripts of every clip and tags (2 s windows) of the first four."""
+    model = models["float32"]
+    texts = [model.transcribe(a, temperature=0.0)["text"] for _, a in speech]
+    probs = [model.tag(a, at_time_res=2.0).probabilities for _, a in speech[:4]]
+    return texts, probs
+
+
 def test_every_linear_layer_of_the_encoder_is_int8(models):
     encoder = models["int8"].whisper.encoder.encoder
     assert quantized_layers(encoder) == 4 * 6  # tiny: 4 blocks x (q, k, v, out, fc1, fc2)
@@ -45,21 +54,18 @@ def test_every_linear_layer_of_the_encoder_is_int8(models):
     ("precision", "max_wer", "max_change"), [("int8", 0.10, 0.2), ("bf16", 0.08, 0.05)]
 )
 def test_lower_precision_keeps_transcripts_and_tags_close(
-    models, speech, precision, max_wer, max_change
+    models, speech, float32_outputs, precision, max_wer, max_change
 ):
     texts = [clip.text for clip, _ in speech]
-    compared = {p: models[p] for p in ("float32", precision)}
-    hyps = {
-        p: [m.transcribe(a, temperature=0.0)["text"] for _, a in speech]
-        for p, m in compared.items()
-    }
-    assert wer(texts, hyps["float32"]) < 0.08
-    assert wer(texts, hyps[precision]) < max_wer
-    for _, audio in speech[:4]:
-        probs = {p: m.tag(audio, at_time_res=2.0).probabilities for p, m in compared.items()}
-        assert (probs["float32"] - probs[precision]).abs().max() < max_change
-        top3 = probs["float32"].topk(3).indices
-        assert (top3 == probs[precision].argmax(1, keepdim=True)).any(1).all()
+    float32_texts, float32_probs = float32_outputs
+    model = models[precision]
+    assert wer(texts, float32_texts) < 0.08
+    assert wer(texts, [model.transcribe(a, temperature=0.0)["text"] for _, a in speech]) < max_wer
+    for (_, audio), reference in zip(speech[:4], float32_probs, strict=True):
+        probs = model.tag(audio, at_time_res=2.0).probabilities
+        assert (reference - probs).abs().max() < max_change
+        top3 = reference.topk(3).indices
+        assert (top3 == probs.argmax(1, keepdim=True)).any(1).all()
 
 
 def block_dtypes(model, run) -> set[torch.dtype]:
