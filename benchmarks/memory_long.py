@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from whisper_at.audio import load_audio
-from whisper_at.corpus import librivox_clips
+from whisper_at_research.corpus import librivox_clips
 
 JOB = """
 import resource, sys

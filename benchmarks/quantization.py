@@ -27,9 +27,9 @@ import torch
 from transcribe_speed import speech_over_sounds
 
 import whisper_at
-from whisper_at.analysis.wer import wer
 from whisper_at.audio import load_audio
-from whisper_at.corpus.speech import asterisk_prompts, librivox_clips
+from whisper_at_research.analysis.wer import wer
+from whisper_at_research.corpus.speech import asterisk_prompts, librivox_clips
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 For each ``<whisper>.<head>.safetensors`` in HEADS_DIR: the validation metrics stored
 in the head (those of the averaged weights), and test-split metrics computed now
-with ``whisper_at.training.evaluate_head`` on the matching feature store; writes each
+with ``whisper_at_research.training.evaluate_head`` on the matching feature store; writes each
 head's evaluation (json + md, per-class AP) next to it and prints a markdown table.
 
     python scripts/ablation_table.py HEADS_DIR FEATURES_DIR [FEATURES_DIR ...]
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from whisper_at.heads import load_head
-from whisper_at.training.evaluate import evaluate_head
+from whisper_at_research.training.evaluate import evaluate_head
 
 ORDER = ["tl_tr", "tl_tr_low", "wa_tr", "wa_linear", "mean_linear", "last_linear"]
 NAMES = {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from whisper_at.audio import load_audio
-from whisper_at.corpus import SpeechClip, asterisk_prompts, librivox_clips
+from whisper_at_research.corpus import SpeechClip, asterisk_prompts, librivox_clips
 
 # Encoder per file suffix for generated test files; PyAV converts the sample format
 # and, for Opus (48 kHz only), the rate.

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_at.analysis import (
+from whisper_at_research.analysis import (
     RobustnessGrid,
     best_layer_figure,
     bootstrap_wer,
@@ -22,7 +22,7 @@ from whisper_at.analysis import (
     wer,
     word_errors,
 )
-from whisper_at.analysis.cli import main as analyze_main
+from whisper_at_research.analysis.cli import main as analyze_main
 
 SNRS = [-20, -15, -10, -5, 0, 5, 10, 15, 20]
 
@@ -99,7 +99,7 @@ def test_bootstrap_interval_holds_the_point():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A tiny corpus of real recordings (small packages: key clicks, farts, ringtones)."""
-    from whisper_at.corpus import build_corpus
+    from whisper_at_research.corpus import build_corpus
 
     out = tmp_path_factory.mktemp("analysis_corpus")
     build_corpus(

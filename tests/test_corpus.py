@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from whisper_at.audio import load_audio
-from whisper_at.corpus import fetch_debian_package
-from whisper_at.corpus.build import assign_splits, build_corpus
-from whisper_at.corpus.cli import main as corpus_main
-from whisper_at.corpus.mapping import load_mapping
-from whisper_at.corpus.rcc import RccError, RccFile, write_rcc
-from whisper_at.corpus.sources import SOURCES, Recording, find_recordings
 from whisper_at.labels import audioset_labels
+from whisper_at_research.corpus import fetch_debian_package
+from whisper_at_research.corpus.build import assign_splits, build_corpus
+from whisper_at_research.corpus.cli import main as corpus_main
+from whisper_at_research.corpus.mapping import load_mapping
+from whisper_at_research.corpus.rcc import RccError, RccFile, write_rcc
+from whisper_at_research.corpus.sources import SOURCES, Recording, find_recordings
 
 # Small packages (a few MB in all), so a test build is quick after the first fetch.
 TEST_SOURCES = ["fart", "bucklespring", "freedesktop", "librivox"]

@@ -10,9 +10,9 @@ import torch.ao.nn.quantized.dynamic as quantized
 from torch import nn
 
 import whisper_at
-from whisper_at.analysis.wer import wer
 from whisper_at.cli import main
 from whisper_at.quantize import quantize_int8
+from whisper_at_research.analysis.wer import wer
 
 
 def quantized_layers(module: nn.Module) -> int:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import whisper_at
-from whisper_at.corpus import find_recordings
 from whisper_at.pipeline import shipped_head_path
+from whisper_at_research.corpus import find_recordings
 
 GCOMPRIS = "gcompris/src/activities"
 HELD_OUT = {

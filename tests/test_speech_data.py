@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from whisper_at.audio import SAMPLE_RATE, audio_duration, load_audio
-from whisper_at.corpus import SpeechClip, speech
+from whisper_at_research.corpus import SpeechClip, speech
 
 
 def test_librivox_clips(librivox_clips: list[SpeechClip]) -> None:
@@ -50,8 +50,8 @@ def test_flite_voices_read_the_prompts_intelligibly() -> None:
     """Synthetic male (and one female) voices: each text once, and Whisper understands it."""
     import whisper
 
-    from whisper_at.analysis.wer import wer
     from whisper_at.weights import load_whisper
+    from whisper_at_research.analysis.wer import wer
 
     clips = speech.flite_utterances()
     assert len({clip.text for clip in clips}) == len(clips)

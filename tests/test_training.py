@@ -19,12 +19,13 @@ import torch
 from safetensors import safe_open
 
 import whisper_at
-from whisper_at.audio import load_audio
+from whisper_at.audio import load_audio, window_log_mel
 from whisper_at.heads import HEAD_TYPES, HeadConfig, HeadError, TaggingHead, load_head
 from whisper_at.labels import audioset_labels
-from whisper_at.pipeline import WhisperAT, _window_mel
+from whisper_at.pipeline import WhisperAT
 from whisper_at.tagging import TagAccumulator
-from whisper_at.training import (
+from whisper_at.weights import load_whisper
+from whisper_at_research.training import (
     FeatureStoreError,
     ManifestError,
     evaluate_head,
@@ -35,10 +36,9 @@ from whisper_at.training import (
     tagging_metrics,
     train_head,
 )
-from whisper_at.training.cli import evaluate_main, features_main, train_main
-from whisper_at.training.features import pack_window
-from whisper_at.training.train import lr_factor, lr_schedule, sample_weights
-from whisper_at.weights import load_whisper
+from whisper_at_research.training.cli import evaluate_main, features_main, train_main
+from whisper_at_research.training.features import pack_window
+from whisper_at_research.training.train import lr_factor, lr_schedule, sample_weights
 
 SR = 16000
 CLIP = 10 * SR
@@ -215,13 +215,13 @@ def test_class_balanced_weights():
     assert w[3] == pytest.approx(1000 / 1.01)  # unlabeled clips count as one more class
 
 
-def test_packing_uses_the_pipelines_window_mel():
+def test_packing_uses_the_pipelineswindow_log_mel():
     rng = np.random.default_rng(1)
     clips = [rng.standard_normal(CLIP).astype(np.float32) * 0.1 for _ in range(3)]
     full = pack_window(clips, 80)
-    assert torch.equal(full, _window_mel(torch.from_numpy(np.concatenate(clips)), 80))
+    assert torch.equal(full, window_log_mel(torch.from_numpy(np.concatenate(clips)), 80))
     last = pack_window(clips[:1], 80)  # a last group of one clip: the end of a file
-    assert torch.equal(last, _window_mel(torch.from_numpy(clips[0]), 80))
+    assert torch.equal(last, window_log_mel(torch.from_numpy(clips[0]), 80))
     assert last.shape == (80, 3000) and torch.all(last[:, 1000:] == 0)
 
 
@@ -486,7 +486,7 @@ def test_a_head_on_the_first_blocks_stops_the_encoder_there(store, dataset, load
         ran.clear()
         # the reference: a full pass through all four blocks, of which the head reads two
         with torch.inference_mode():
-            model.tap(_window_mel(torch.from_numpy(audio), 80)[None])
+            model.tap(window_log_mel(torch.from_numpy(audio), 80)[None])
         assert ran == [0, 1, 2, 3]
         accumulator = TagAccumulator(model.head, 2.0)
         accumulator.add_pass(model.tap.last_pass.layers[0], 0, len(audio) // 160)

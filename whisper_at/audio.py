@@ -16,8 +16,16 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
 
-__all__ = ["SAMPLE_RATE", "AudioError", "audio_duration", "load_audio", "stream_audio"]
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioError",
+    "audio_duration",
+    "load_audio",
+    "stream_audio",
+    "window_log_mel",
+]
 
 SAMPLE_RATE = 16000
 
@@ -86,6 +94,26 @@ def audio_duration(
 
 
 # --- pipeline -------------------------------------------------------------------------
+
+
+def window_log_mel(chunk: torch.Tensor | np.ndarray, n_mels: int) -> torch.Tensor:
+    """The encoder input ``[n_mels, 3000]`` for one window of at most 30 s of a file.
+
+    Part of the contract between inference and training (docs/architecture.md): heads
+    are trained on exactly the input that tagging gives the encoder. Zero audio
+    follows the chunk (as after the end of a file) and, past the last audio frame, the
+    log-mel columns are zero (as ``pad_or_trim`` makes them). Normalized per window,
+    which lets long files stream; a file under 30 s gets exactly the input that
+    openai-whisper's ``transcribe`` gives the encoder.
+    """
+    chunk = torch.as_tensor(chunk, dtype=torch.float32)
+    if chunk.ndim != 1 or not 0 < len(chunk) <= N_SAMPLES:
+        raise ValueError(
+            f"a window is 1 to {N_SAMPLES} samples of mono audio, got {tuple(chunk.shape)}"
+        )
+    mel = log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk))[:, :N_FRAMES]
+    mel[:, len(chunk) // HOP_LENGTH :] = 0
+    return mel
 
 
 def _pipeline(source: Source, sample_rate: int | None, format: str | None) -> Iterator[np.ndarray]:

@@ -11,6 +11,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -207,53 +208,22 @@ def _report_written(paths: list[Path]) -> None:
         logger.info("wrote %s", path)
 
 
-def _corpus(argv: list[str]) -> int:
-    from .corpus.cli import main as corpus_main
-
-    return corpus_main(argv)
-
-
-def _features(argv: list[str]) -> int:
-    from .training.cli import features_main
-
-    if not argv or argv[0] != "extract":
-        print("usage: whisper-at features extract MANIFEST --out DIR [...]", file=sys.stderr)
-        return 2
-    return features_main(argv[1:])
+# Tools that live outside the runtime (the research package registers corpus, features,
+# train, evaluate and analyze) plug in here as `whisper-at NAME ...`.
+COMMAND_ENTRY_POINTS = "whisper_at.commands"
 
 
-def _train(argv: list[str]) -> int:
-    from .training.cli import train_main
-
-    return train_main(argv)
-
-
-def _evaluate(argv: list[str]) -> int:
-    from .training.cli import evaluate_main
-
-    return evaluate_main(argv)
-
-
-def _analyze(argv: list[str]) -> int:
-    from .analysis.cli import main as analyze_main
-
-    return analyze_main(argv)
-
-
-# Subcommands that own their argument parsing: `whisper-at NAME ...`
-SUBCOMMANDS = {
-    "corpus": _corpus,
-    "features": _features,
-    "train": _train,
-    "evaluate": _evaluate,
-    "analyze": _analyze,
-}
+def plugin_commands() -> dict[str, Callable[[list[str]], int]]:
+    """Subcommands registered by installed packages, by name (loaded on use)."""
+    found = entry_points(group=COMMAND_ENTRY_POINTS)
+    return {ep.name: (lambda argv, ep=ep: ep.load()(argv)) for ep in found}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[argv[0]](argv[1:])
+    commands = plugin_commands()
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
     tags_only = bool(argv) and argv[0] == "tag"
     parser = build_tag_parser() if tags_only else build_parser()
     args = parser.parse_args(argv[1:] if tags_only else argv)

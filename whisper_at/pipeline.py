@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
-from whisper.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, log_mel_spectrogram
+from whisper.audio import HOP_LENGTH, N_SAMPLES
 
-from .audio import SAMPLE_RATE, audio_duration, stream_audio
+from .audio import SAMPLE_RATE, audio_duration, stream_audio, window_log_mel
 from .engines import EngineError, WindowSink, make_engine, resolve_engine
 from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
@@ -293,7 +293,7 @@ class WhisperAT:
         stop_early = deepest < self.whisper.dims.n_audio_layer
 
         def encode_batch() -> None:
-            mels = torch.stack([_window_mel(window, n_mels) for _, window, _ in batch])
+            mels = torch.stack([window_log_mel(window, n_mels) for _, window, _ in batch])
             mels = mels.to(self.device, self.encoder_dtype)
             with torch.inference_mode():
                 if stop_early:
@@ -451,19 +451,6 @@ def _shifted(accumulator: TagAccumulator, frames: int) -> WindowSink:
         accumulator.add_pass(layers, seek + frames, valid)
 
     return add
-
-
-def _window_mel(chunk: torch.Tensor, n_mels: int) -> torch.Tensor:
-    """The encoder input openai-whisper would make for this window of a file.
-
-    Zero audio after the chunk (as after the end of a file) and, past the last
-    audio frame, zero log-mel columns (as ``pad_or_trim`` makes). Normalized per
-    window, which lets long files stream; a file under 30 s gets exactly the input
-    that ``transcribe`` gives the encoder.
-    """
-    mel = log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk))[:, :N_FRAMES]
-    mel[:, len(chunk) // HOP_LENGTH :] = 0
-    return mel
 
 
 def _read_head(path: Path, loaded: LoadedWhisper) -> TaggingHead:

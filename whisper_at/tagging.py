@@ -44,6 +44,17 @@ def bins_per_window(at_time_res: float) -> int:
     return n
 
 
+def pool_bins(layers: torch.Tensor) -> torch.Tensor:
+    """``[batch, n_layer, 1500, d]`` block outputs -> ``[batch, n_layer, 75, d]`` 0.4 s bins.
+
+    The pooled features heads read; part of the contract between inference and
+    training (docs/architecture.md).
+    """
+    b, n_layer, frames, d = layers.shape
+    n_bins = frames // ENCODER_FRAMES_PER_BIN
+    return layers.float().reshape(b, n_layer, n_bins, ENCODER_FRAMES_PER_BIN, d).mean(dim=3)
+
+
 class TagAccumulator:
     """Collects encoder passes for one audio stream and runs the head window by window."""
 

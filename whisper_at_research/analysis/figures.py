@@ -197,7 +197,7 @@ def family(
 ) -> dict:
     """Tagging mAP of trained heads vs ASR robustness (WER at ``low_snr`` dB and mean over
     SNRs) per Whisper model (Figure 5). Heads: ``whisper-at train`` checkpoints."""
-    from ..heads import load_head
+    from whisper_at.heads import load_head
 
     if not heads:
         raise ValueError(

@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..labels import LabelSet, audioset_labels
+from whisper_at.labels import LabelSet, audioset_labels
 
 SPLITS = ("train", "valid", "test")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import cache_dir as cache_dir_root
-from ..tap import EncoderTap, install_tap
-from ..weights import LoadedWhisper, load_whisper
+from whisper_at.cache import cache_dir as cache_dir_root
+from whisper_at.tap import EncoderTap, install_tap
+from whisper_at.weights import LoadedWhisper, load_whisper
 
 __all__ = ["LayerTap", "analysis_cache_dir", "digest", "load"]
 
@@ -32,6 +32,11 @@ def analysis_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 def digest(obj: object) -> str:
     """sha256 of a JSON-serializable description (clip lists, grids)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def file_safe_name(name: str) -> str:
+    """A model name or path as a file-name part (analysis outputs are named by model)."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in Path(name).name)
 
 
 def load(model: str | os.PathLike | LoadedWhisper, device: str = "cpu") -> LoadedWhisper:

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
-from ..heads import HEAD_TYPES, HeadConfig, TaggingHead, save_head
+from whisper_at.heads import HEAD_TYPES, HeadConfig, TaggingHead, save_head
+
 from .features import ENCODER_INPUT_SECONDS, FeatureSet, load_features
 from .metrics import tagging_metrics
 

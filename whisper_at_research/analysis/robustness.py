@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..audio import SAMPLE_RATE, load_audio
-from ..pipeline import _window_mel
-from .encode import LayerTap, analysis_cache_dir, digest, load, pooled_frames
+from whisper_at.audio import SAMPLE_RATE, load_audio, window_log_mel
+
+from .encode import LayerTap, analysis_cache_dir, digest, file_safe_name, load, pooled_frames
 from .mixing import mix_at_snr
 from .sounds import probe_clips, real_clips, sound_classes
 from .wer import bootstrap_wer, normalize, word_errors
@@ -173,7 +173,7 @@ def _decode_batch(layer_tap: LayerTap, mixtures: list[np.ndarray]) -> tuple[list
 
     model = layer_tap.loaded.model
     n_mels = model.dims.n_mels
-    mels = torch.stack([_window_mel(torch.from_numpy(m), n_mels) for m in mixtures])
+    mels = torch.stack([window_log_mel(torch.from_numpy(m), n_mels) for m in mixtures])
     fp16 = model.device.type == "cuda"
     options = whisper.DecodingOptions(
         language="en",
@@ -298,7 +298,7 @@ def run_robustness(
     feats = np.stack([feats_of[i] for i in keep])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    safe = _safe(loaded.name)
+    safe = file_safe_name(loaded.name)
     feats_path = out / f"robustness_{safe}_features.npz"
     np.savez_compressed(
         feats_path,
@@ -384,7 +384,3 @@ def run_robustness(
         json.dumps(result.to_json(), indent=1) + "\n", encoding="utf-8"
     )
     return result
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in Path(name).name)

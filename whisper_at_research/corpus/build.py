@@ -35,8 +35,8 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from whisper_at.corpus.sources import SOURCES, Recording, find_recordings
 from whisper_at.labels import audioset_labels
+from whisper_at_research.corpus.sources import SOURCES, Recording, find_recordings
 
 __all__ = ["CLIP_SECONDS", "SAMPLE_RATE", "build_corpus", "split_of"]
 

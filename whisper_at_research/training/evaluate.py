@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..heads import HeadError, TaggingHead, load_head
+from whisper_at.heads import HeadError, TaggingHead, load_head
+
 from .features import FeatureStoreError, extract_features, load_features
 from .metrics import tagging_metrics
 from .train import predict

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from whisper_at.corpus.sources import SOURCES
+from whisper_at_research.corpus.sources import SOURCES
 
 __all__ = ["build_parser", "main"]
 
@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name:14s} {spec.label}")
         return 0
     if args.command == "mapping":
-        from whisper_at.corpus.mapping import load_mapping
+        from whisper_at_research.corpus.mapping import load_mapping
 
         for row in load_mapping():
             print(f"{row.source}\t{row.pattern}\t{'; '.join(row.labels)}\t{row.license}")
         return 0
-    from whisper_at.corpus.build import build_corpus
-    from whisper_at.corpus.registry import RegistryError
+    from whisper_at_research.corpus.build import build_corpus
+    from whisper_at_research.corpus.registry import RegistryError
 
     try:
         summary = build_corpus(

@@ -24,15 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..audio import load_audio
-from ..training.features import (
-    BINS_PER_CLIP,
-    CLIP_SAMPLES,
-    pack_window,
-    pool_bins,
-    window_groups,
-)
-from .encode import LayerTap, analysis_cache_dir, digest, load
+from whisper_at.audio import load_audio
+from whisper_at.tagging import pool_bins
+
+from ..training.features import BINS_PER_CLIP, CLIP_SAMPLES, pack_window, window_groups
+from .encode import LayerTap, analysis_cache_dir, digest, file_safe_name, load
 from .sounds import SoundClip, probe_clips, real_clips
 
 logger = logging.getLogger("whisper_at")
@@ -182,7 +178,6 @@ def run_probe(
     ``max_classes`` keeps a seeded draw of that many eligible classes (for --quick).
     When ``out_dir`` holds ``robustness_<model>_features.npz`` the mixture probe runs too.
     """
-    from .robustness import _safe
     from .sounds import sound_classes
 
     t0 = time.perf_counter()
@@ -218,7 +213,7 @@ def run_probe(
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    safe = _safe(loaded.name)
+    safe = file_safe_name(loaded.name)
     mix_path = out / f"robustness_{safe}_features.npz"
     if mix_path.exists():
         result.mixture = run_mixture_probe(mix_path, n_folds=n_folds, seed=seed, progress=progress)

@@ -1,7 +1,7 @@
 """Feature extraction: every encoder block's pooled output for every manifest clip.
 
 Packing (see docs/training.md): three consecutive 10 s clips are laid end to end in
-one 30 s encoder window, whose log-mel is made exactly as ``pipeline._window_mel``
+one 30 s encoder window, whose log-mel is made exactly as ``whisper_at.audio.window_log_mel``
 makes it for a 30 s chunk of a file, and each clip gets the pooled 0.4 s bins of
 its third (0-25, 25-50, 50-75). That is where a 10 s tagging window sits when
 ``WhisperAT.tag`` streams a long recording, so the head is trained on the features
@@ -31,12 +31,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from whisper.audio import HOP_LENGTH
 
-from ..audio import SAMPLE_RATE, load_audio
-from ..labels import LabelSet, audioset_labels
-from ..pipeline import _window_mel
-from ..tagging import ENCODER_FRAMES_PER_BIN
-from ..tap import install_tap
-from ..weights import LoadedWhisper, load_whisper
+from whisper_at.audio import SAMPLE_RATE, load_audio, window_log_mel
+from whisper_at.labels import LabelSet, audioset_labels
+from whisper_at.tagging import ENCODER_FRAMES_PER_BIN, pool_bins
+from whisper_at.tap import install_tap
+from whisper_at.weights import LoadedWhisper, load_whisper
+
 from .manifest import Clip, label_indices, manifest_hash, read_manifest
 
 logger = logging.getLogger("whisper_at")
@@ -271,20 +271,13 @@ def window_groups(n_clips: int) -> list[list[int]]:
 def pack_window(clip_audio: list[np.ndarray], n_mels: int) -> torch.Tensor:
     """The 30 s encoder input (log-mel) for up to three 10 s clips laid end to end.
 
-    Made by ``pipeline._window_mel``, as ``WhisperAT.tag`` makes it for a 30 s chunk
+    Made by ``whisper_at.audio.window_log_mel``, as ``WhisperAT.tag`` makes it for a 30 s chunk
     of a file (or for the last, shorter chunk when fewer than three clips are left).
     """
     if not 1 <= len(clip_audio) <= CLIPS_PER_WINDOW:
         raise ValueError(f"a window holds 1 to {CLIPS_PER_WINDOW} clips")
     chunk = torch.from_numpy(np.concatenate(clip_audio).astype(np.float32, copy=False))
-    return _window_mel(chunk, n_mels)
-
-
-def pool_bins(layers: torch.Tensor) -> torch.Tensor:
-    """``[batch, n_layer, 1500, d]`` block outputs -> ``[batch, n_layer, 75, d]`` 0.4 s bins."""
-    b, n_layer, frames, d = layers.shape
-    n_bins = frames // ENCODER_FRAMES_PER_BIN
-    return layers.float().reshape(b, n_layer, n_bins, ENCODER_FRAMES_PER_BIN, d).mean(dim=3)
+    return window_log_mel(chunk, n_mels)
 
 
 def _extract_shard(

@@ -2,7 +2,7 @@
 
 Each row is ``source, pattern, labels, license, note``: ``pattern`` is a Python regular
 expression matched (``fullmatch``) against a recording's path inside its source (see
-:mod:`whisper_at.corpus.sources` for what the path is for each source); ``labels`` are
+:mod:`whisper_at_research.corpus.sources` for what the path is for each source); ``labels`` are
 ``;``-separated AudioSet display names, the specific class first, with its parents
 written out where the ontology has them (or the parent alone where the specific class
 does not exist, e.g. Bassoon -> "Wind instrument, woodwind instrument"). Within a source
@@ -48,7 +48,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
 @lru_cache(maxsize=1)
 def load_mapping() -> tuple[MappingRow, ...]:
     """All rows of the committed table; raises ValueError on an unknown class name."""
-    path = resources.files("whisper_at.corpus") / "mapping.tsv"
+    path = resources.files("whisper_at_research.corpus") / "mapping.tsv"
     names = set(audioset_labels().names)
     rows = []
     with path.open(encoding="utf-8", newline="") as f:

@@ -1,7 +1,7 @@
 """The paper's analyses: noise robustness, layer-wise probes, class-wise correlations.
 
 CLI: ``whisper-at analyze {robustness,probe,classwise,best-layer,family}`` (see
-docs/analysis.md); ``python -m whisper_at.analysis.cli`` works as well.
+docs/analysis.md); ``python -m whisper_at_research.analysis.cli`` works as well.
 """
 
 from .figures import best_layer_figure, classwise, family, figure1
