@@ -1,8 +1,8 @@
 """Lower precision on the CPU: what it saves in time and what it costs in tags and text.
 
-Four precisions of the default engine: float32; ``compute_type="int8"`` (an int8
-CTranslate2 decoder, the PyTorch encoder and so the tags stay float32); ``int8=True``
-(int8 dynamic quantization of the encoder too); and ``bf16=True`` (the encoder in
+Four precisions of the default engine: float32; ``precision="float32:int8"`` (an int8
+CTranslate2 decoder, the PyTorch encoder and so the tags stay float32); ``precision="int8"``
+(int8 dynamic quantization of the encoder too); and ``precision="bfloat16:float32"`` (the encoder in
 bfloat16, the decoder float32). Side by side in one process, alternating, on the same
 audio and weights:
 - speed: transcribe+tag and tags-only;
@@ -43,9 +43,11 @@ def main() -> None:
     seconds = len(audio) / 16000
     models = {
         "float32": whisper_at.load_model(args.model, device="cpu"),
-        "int8 decoder": whisper_at.load_model(args.model, device="cpu", compute_type="int8"),
-        "int8": whisper_at.load_model(args.model, device="cpu", int8=True),
-        "bf16 encoder": whisper_at.load_model(args.model, device="cpu", bf16=True),
+        "int8 decoder": whisper_at.load_model(args.model, device="cpu", precision="float32:int8"),
+        "int8": whisper_at.load_model(args.model, device="cpu", precision="int8"),
+        "bf16 encoder": whisper_at.load_model(
+            args.model, device="cpu", precision="bfloat16:float32"
+        ),
     }
     lowered = [precision for precision in models if precision != "float32"]
     engine = models["float32"].engine.name

@@ -126,14 +126,13 @@ def whisper_at_engine(
     engine: str,
     tags: bool,
     batch_size: int | None = None,
-    compute_type: str | None = None,
-    bf16: bool = False,
+    precision: str = "auto",
 ) -> Callable[[], object]:
     import whisper_at
 
     head = setup.tagging_head() if tags else None
     model = whisper_at.load_model(
-        setup.model, device="cpu", head=head, engine=engine, compute_type=compute_type, bf16=bf16
+        setup.model, device="cpu", head=head, engine=engine, precision=precision
     )
     assert model.engine.name == engine
     audio, options = setup.audio(), setup.options()
@@ -188,14 +187,14 @@ def main() -> None:
     if args.int8_decoder:
         contenders["faster-whisper int8 (no tags)"] = p(faster_whisper, setup, compute_type="int8")
         contenders["whisper-at ct2 + tags, int8 decoder"] = p(
-            whisper_at_engine, setup, "ct2", True, compute_type="int8"
+            whisper_at_engine, setup, "ct2", True, precision="float32:int8"
         )
     if args.bf16:
         contenders["whisper-at ct2 + tags, bf16 encoder"] = p(
-            whisper_at_engine, setup, "ct2", True, bf16=True
+            whisper_at_engine, setup, "ct2", True, precision="bfloat16:float32"
         )
         contenders["whisper-at ct2 + tags, bf16 encoder, int8 decoder"] = p(
-            whisper_at_engine, setup, "ct2", True, compute_type="int8", bf16=True
+            whisper_at_engine, setup, "ct2", True, precision="bfloat16:int8"
         )
     timings = alternate(contenders, args.repeats)
 

@@ -38,7 +38,7 @@ def test_many_recordings_equal_faster_whisper_batched_one_by_one(model, batched_
         segments, _ = batched_faster.transcribe(
             audio, clip_timestamps=[{"start": 0.0, "end": seconds}], batch_size=4, language="en"
         )
-        reference = [(s.start, s.end, s.text) for s in segments]
+        reference = [(s.start, min(s.end, seconds), s.text) for s in segments]  # kept in the audio
         assert [(s["start"], s["end"], s["text"]) for s in result["segments"]] == reference, clip.id
         assert result["language"] == "en"
         # every recording is under 30 s: one window, the tags of tags-only
@@ -94,9 +94,11 @@ def test_batched_word_timestamps_are_on_the_recordings_time_line(model, speech):
 
 def test_batched_transcription_needs_the_ct2_engine(model, speech):
     torch_model = whisper_at.WhisperAT(model.loaded, model.head, engine="torch")
-    with pytest.raises(EngineError, match="batched transcription runs faster-whisper"):
+    with pytest.raises(
+        EngineError, match="batched transcription needs an engine with a batched pipeline"
+    ):
         torch_model.transcribe(speech[0][1], batch_size=4)
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer of at least 1"):
         next(model.transcribe_many([speech[0][1]], batch_size=0))
     with pytest.raises(EngineError, match="no vad_filter"):
         model.transcribe(speech[0][1], batch_size=2, vad_filter=True)

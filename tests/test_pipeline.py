@@ -40,8 +40,9 @@ def plain_whisper():
     return loaded
 
 
-def segment_view(result):
-    return [(s["start"], s["end"], s["text"]) for s in result["segments"]]
+def segment_view(result, duration=math.inf):
+    """Times and text; the pipeline keeps times within the audio, the libraries may not."""
+    return [(s["start"], min(s["end"], duration), s["text"]) for s in result["segments"]]
 
 
 @pytest.mark.parametrize("beam_size", [None, 5])
@@ -54,7 +55,7 @@ def test_transcripts_equal_openai_whisper_and_faster_whisper(
         ours = model.transcribe(audio, **options)
         reference = whisper.transcribe(plain_whisper.model, audio, fp16=False, **options)
         assert ours["text"] == reference["text"], clip.id
-        assert segment_view(ours) == segment_view(reference), clip.id
+        assert segment_view(ours) == segment_view(reference, len(audio) / 16000), clip.id
         fw_segments, _ = engine.transcribe(
             audio, beam_size=beam_size or 1, temperature=0.0, language="en", vad_filter=False
         )

@@ -6,16 +6,27 @@
 >>> whisper_at.parse_at_label(result, top_k=5)
 """
 
-from .heads import HeadConfig, TaggingHead, load_head, save_head
-from .labels import LabelSet, audioset_labels
-from .pipeline import WhisperAT, load_model
-from .tagging import Tag, TaggingResult, TagWindow, parse_at_label
-from .weights import available_models, known_models
+__version__ = "0.1.0"  # before the imports: the pipeline records it in every result
 
-__version__ = "0.1.0"
+from .audio import AudioError
+from .engines import EngineError, WindowPlacementError
+from .heads import HeadConfig, HeadError, TaggingHead, load_head, save_head
+from .labels import LabelSet, audioset_labels
+from .pipeline import FailedInput, WhisperAT, load_model
+from .precision import Precision, PrecisionError
+from .tagging import Tag, TaggingResult, TagWindow, parse_at_label
+from .weights import WeightsError, available_models, known_models
 
 __all__ = [
+    "AudioError",
+    "EngineError",
+    "FailedInput",
     "HeadConfig",
+    "HeadError",
+    "Precision",
+    "PrecisionError",
+    "WeightsError",
+    "WindowPlacementError",
     "LabelSet",
     "Tag",
     "TagWindow",

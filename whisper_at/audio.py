@@ -22,6 +22,7 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioError",
     "audio_duration",
+    "describe_source",
     "load_audio",
     "stream_audio",
     "window_log_mel",
@@ -93,7 +94,12 @@ def audio_duration(
         return sum(block.size / rate for block, rate in _decode(container, stream, name))
 
 
-# --- pipeline -------------------------------------------------------------------------
+def describe_source(source: Source) -> str:
+    """How messages name an input: its path, or the shape and type of an array."""
+    if _is_path(source):
+        return os.fspath(source)
+    shape = tuple(getattr(source, "shape", ()))
+    return f"array {shape} {getattr(source, 'dtype', type(source).__name__)}"
 
 
 def window_log_mel(chunk: torch.Tensor | np.ndarray, n_mels: int) -> torch.Tensor:
@@ -114,6 +120,9 @@ def window_log_mel(chunk: torch.Tensor | np.ndarray, n_mels: int) -> torch.Tenso
     mel = log_mel_spectrogram(chunk, n_mels, padding=N_SAMPLES - len(chunk))[:, :N_FRAMES]
     mel[:, len(chunk) // HOP_LENGTH :] = 0
     return mel
+
+
+# --- pipeline -------------------------------------------------------------------------
 
 
 def _pipeline(source: Source, sample_rate: int | None, format: str | None) -> Iterator[np.ndarray]:

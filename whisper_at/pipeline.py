@@ -13,7 +13,8 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,19 +25,28 @@ import torch
 from tqdm import tqdm
 from whisper.audio import HOP_LENGTH, N_SAMPLES
 
-from .audio import SAMPLE_RATE, audio_duration, stream_audio, window_log_mel
+from . import __version__
+from .audio import SAMPLE_RATE, audio_duration, describe_source, stream_audio, window_log_mel
 from .engines import EngineError, WindowSink, make_engine, resolve_engine
 from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
-from .quantize import quantize_int8
-from .spans import DEFAULT_SPAN_SECONDS, iter_spans, merge_results, shift_result, window_chunks
+from .precision import Precision, quantize_int8, resolve_precision
+from .spans import (
+    DEFAULT_SPAN_SECONDS,
+    clamp_times,
+    iter_spans,
+    merge_results,
+    shift_result,
+    window_chunks,
+)
 from .tagging import TagAccumulator, TaggingResult
-from .tap import encoder_precision, install_tap
+from .tap import install_tap
 from .weights import LoadedWhisper, load_whisper
 
 logger = logging.getLogger("whisper_at")
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+SegmentCallback = Callable[[dict[str, Any]], None]
 _PROMPT_CHARS = 200  # text of the previous span carried as the next span's prompt
 
 
@@ -55,6 +65,23 @@ def shipped_head_path(whisper_name: str, low_compute: bool = False) -> Path | No
     return None
 
 
+@dataclass(frozen=True)
+class FailedInput:
+    """Stands in a batch's results for an input that could not be read.
+
+    ``transcribe_many`` and ``tag_many`` yield one of these in that input's place, in
+    order, and go on with the next input, so no other result is lost.
+    """
+
+    index: int  # position among the inputs
+    source: str  # the path, or a description of the array
+    error: Exception
+
+    def __str__(self) -> str:
+        message = str(self.error)
+        return message if message.startswith(self.source) else f"{self.source}: {message}"
+
+
 class WhisperAT:
     """A Whisper model whose encoder passes also feed a sound-event tagging head."""
 
@@ -63,25 +90,19 @@ class WhisperAT:
         loaded: LoadedWhisper,
         head: TaggingHead | None,
         engine: str = "auto",
-        compute_type: str | None = None,
-        bf16: bool = False,
+        precision: str | Precision = "auto",
     ) -> None:
         self.loaded = loaded
         self.whisper = loaded.model
+        engine = resolve_engine(engine, loaded)
+        self.precision = resolve_precision(precision, self.whisper.device, engine)
+        if self.precision.quantized_encoder:
+            quantize_int8(self.whisper.encoder)
+        if engine == "torch" and self.precision.decoder == "int8":
+            quantize_int8(self.whisper.decoder)
         self.tap = install_tap(self.whisper)
-        self.encoder_dtype = encoder_precision(self.whisper.device, bf16)
-        if bf16 and resolve_engine(engine, loaded) != "ct2":
-            raise ValueError(
-                "bf16 needs the ct2 engine: openai-whisper's decoding runs in float16 or "
-                "float32 only (load with engine='ct2', or without bf16)"
-            )
-        self.engine = make_engine(
-            engine,
-            loaded,
-            self.tap,
-            compute_type=compute_type,
-            encoder_dtype=self.encoder_dtype if bf16 else None,
-        )
+        self.encoder_dtype = self.precision.encoder_dtype
+        self.engine = make_engine(engine, loaded, self.tap, self.precision)
         self.head = head
         if head is not None:
             self._check_head(head)
@@ -102,6 +123,18 @@ class WhisperAT:
     @property
     def labels(self) -> LabelSet | None:
         return self.head.config.labels if self.head is not None else None
+
+    def provenance(self) -> dict[str, Any]:
+        """What made a result: package version, Whisper weights, engine, precision, head."""
+        source = getattr(self.head, "source", None)
+        return {
+            "version": __version__,
+            "model": self.name,
+            "model_sha256": self.loaded.sha256,
+            "engine": self.engine.name,
+            "precision": str(self.precision),
+            "head": None if source is None else {"path": source.path, "sha256": source.sha256},
+        }
 
     def _check_head(self, head: TaggingHead) -> None:
         dims, cfg = self.whisper.dims, head.config
@@ -127,66 +160,95 @@ class WhisperAT:
             )
         return self.head
 
-    def _tagging_result(self, logits: torch.Tensor, at_time_res: float, duration: float):
+    def _tagging_result(self, accumulator: TagAccumulator, n_samples: int) -> TaggingResult:
         head = self._require_head()
         return TaggingResult(
-            logits=logits,
-            at_time_res=at_time_res,
-            duration=duration,
+            logits=accumulator.finish(),
+            at_time_res=accumulator.at_time_res,
+            duration=n_samples / SAMPLE_RATE,
             labels=head.config.labels,
             reported_classes=head.config.reported_classes,
         )
+
+    def _new_accumulator(self, at_time_res: float) -> TagAccumulator | None:
+        return TagAccumulator(self.head, at_time_res) if self.head is not None else None
 
     def transcribe(
         self,
         audio: AudioInput,
         at_time_res: float = 10.0,
         *,
+        sample_rate: int | None = None,
         tags_per_segment: int = 5,
         span_seconds: float = DEFAULT_SPAN_SECONDS,
         batch_size: int | None = None,
+        progress: bool = False,
+        on_segment: SegmentCallback | None = None,
         **whisper_options: Any,
     ) -> dict[str, Any]:
         """openai-whisper's transcription plus ``audio_tag`` logits per ``at_time_res`` window.
 
-        ``whisper_options`` go unchanged to the engine (openai-whisper's ``transcribe``
-        options: language, task, temperature, beam_size, word_timestamps, ...). The
-        result also holds ``at_time_res``, the label names, and per segment its top
-        ``audio_tags``. Without a head the result is the engine's alone.
+        Args:
+            audio: a path to anything FFmpeg decodes, or an array / tensor of samples.
+            at_time_res: tag window in seconds, a positive multiple of 0.4.
+            sample_rate: the rate of an array input (default 16000); files carry their own.
+            tags_per_segment: how many tags each segment lists under ``audio_tags``.
+            span_seconds: longer recordings are read and transcribed span by span (cut at
+                quiet points, the language and the previous span's text carried over), so
+                memory stays bounded; shorter ones are one untouched engine call.
+            batch_size: decode 30 s chunks in batches instead (see :meth:`transcribe_many`
+                for what changes).
+            progress: show a progress bar in seconds of audio.
+            on_segment: called with each segment as soon as it is decoded, on the
+                recording's time line (the ct2 engine decodes lazily; the torch engine
+                hands a span's segments over when the span is done).
+            whisper_options: passed unchanged to the engine (openai-whisper's names:
+                language, task, temperature, beam_size, word_timestamps, ...).
 
-        Recordings longer than ``span_seconds`` are read and transcribed span by span
-        (cut at quiet points, the language and the previous span's text carried
-        over), so memory stays bounded; shorter ones are one untouched call.
-
-        With ``batch_size``, the recording is decoded in batches of 30 s chunks instead
-        (ct2 engine; see :meth:`transcribe_many` for what changes).
+        Returns:
+            Whisper's result dict; with a head also ``audio_tag``, ``at_time_res``, the
+            label names, per segment its top ``audio_tags``, and ``whisper_at``: what made it.
         """
         if batch_size is not None:
-            results = self.transcribe_many(
+            (result,) = self.transcribe_many(
                 [audio],
-                batch_size,
                 at_time_res,
+                batch_size=batch_size,
+                sample_rate=sample_rate,
                 tags_per_segment=tags_per_segment,
                 group_seconds=span_seconds,
+                progress=progress,
                 **whisper_options,
             )
-            return next(iter(results))
-        accumulator = TagAccumulator(self.head, at_time_res) if self.head is not None else None
+            if isinstance(result, FailedInput):
+                raise result.error
+            if on_segment is not None:
+                for segment in result["segments"]:
+                    on_segment(segment)
+            return result
+        accumulator = self._new_accumulator(at_time_res)
+        total = audio_duration(audio, sample_rate=sample_rate) if progress else None
         parts: list[dict[str, Any]] = []
         n_samples = 0
-        for offset, samples in iter_spans(audio, span_seconds):
-            options = dict(whisper_options)
-            if parts:
-                options.setdefault("language", parts[0]["language"])
-                if options.get("condition_on_previous_text", True):
-                    options["initial_prompt"] = parts[-1]["text"][-_PROMPT_CHARS:]
-            sink = None if accumulator is None else _shifted(accumulator, offset // HOP_LENGTH)
-            part = self.engine.transcribe(samples, sink, **options)
-            n_segments = sum(len(p["segments"]) for p in parts)
-            shift_result(part, offset / SAMPLE_RATE, offset // HOP_LENGTH, n_segments)
-            parts.append(part)
-            n_samples = offset + len(samples)
-        return self._with_tags(merge_results(parts), accumulator, n_samples, tags_per_segment)
+        with _audio_progress(total, "transcribing", progress) as bar:
+            for offset, samples in iter_spans(audio, span_seconds, sample_rate=sample_rate):
+                options = dict(whisper_options)
+                if parts:
+                    options.setdefault("language", parts[0]["language"])
+                    if options.get("condition_on_previous_text", True):
+                        options["initial_prompt"] = parts[-1]["text"][-_PROMPT_CHARS:]
+                sink = None if accumulator is None else _shifted(accumulator, offset // HOP_LENGTH)
+                n_segments = sum(len(p["segments"]) for p in parts)
+                span_end = (offset + len(samples)) / SAMPLE_RATE
+                decoded = _SpanSegments(offset, n_segments, span_end, bar, on_segment)
+                part = self.engine.transcribe(samples, sink, on_segment=decoded, **options)
+                shift_result(part, offset / SAMPLE_RATE, offset // HOP_LENGTH, n_segments)
+                parts.append(part)
+                n_samples = offset + len(samples)
+                bar.update(span_end - bar.n)
+        result = merge_results(parts)
+        clamp_times(result, n_samples / SAMPLE_RATE)
+        return self._with_tags(result, accumulator, n_samples, tags_per_segment)
 
     def _with_tags(
         self,
@@ -195,12 +257,12 @@ class WhisperAT:
         n_samples: int,
         tags_per_segment: int,
     ) -> dict[str, Any]:
-        """The transcription result plus the head's tags: per window, and per segment."""
+        """The transcription result plus the head's tags (per window, per segment) and
+        where it came from."""
+        result["whisper_at"] = self.provenance()
         if accumulator is None:
             return result
-        tagging = self._tagging_result(
-            accumulator.finish(), accumulator.at_time_res, n_samples / SAMPLE_RATE
-        )
+        tagging = self._tagging_result(accumulator, n_samples)
         result.update(tagging.to_result_fields())
         for segment in result["segments"]:
             segment["audio_tags"] = [
@@ -212,44 +274,50 @@ class WhisperAT:
     def transcribe_many(
         self,
         audios: Iterable[AudioInput],
-        batch_size: int = 8,
         at_time_res: float = 10.0,
         *,
+        batch_size: int = 8,
+        sample_rate: int | None = None,
         tags_per_segment: int = 5,
         group_seconds: float = DEFAULT_SPAN_SECONDS,
         progress: bool = False,
         **whisper_options: Any,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[dict[str, Any] | FailedInput]:
         """Transcribe and tag many recordings with batched decoding: one result per input, in order.
 
         Each recording is cut into chunks of at most 30 s at quiet points, and the chunks
         of consecutive recordings (up to ``group_seconds`` of audio at a time, so memory
-        stays bounded) are encoded and decoded ``batch_size`` at a time by
-        faster-whisper's ``BatchedInferencePipeline`` (ct2 engine). As there, chunks are
-        decoded independently: no conditioning on the previous chunk, only the first
+        stays bounded) are encoded and decoded ``batch_size`` at a time by the engine's
+        batched pipeline (faster-whisper's ``BatchedInferencePipeline``). As there, chunks
+        are decoded independently: no conditioning on the previous chunk, only the first
         temperature, and, unless ``without_timestamps=False`` is given, one segment per
         chunk. The language is detected once per group unless given (pass
         ``multilingual=True`` to detect it per chunk). Results are yielded lazily, each
-        as soon as its recording is done.
+        as soon as its recording is done; an input that cannot be read yields a
+        :class:`FailedInput` in its place. Other arguments as in :meth:`transcribe`.
         """
-        if self.engine.name != "ct2":
+        if not self.engine.batched:
             raise EngineError(
-                "batched transcription runs faster-whisper's batched pipeline: load the "
-                "model with engine='ct2' (the default on the CPU)"
+                f"batched transcription needs an engine with a batched pipeline; the "
+                f"{self.engine.name} engine has none: load the model with engine='ct2' "
+                "(the default on the CPU)"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        _check_batch_size(batch_size)
         group = _Group(self, at_time_res, tags_per_segment, batch_size, whisper_options)
         limit = int(group_seconds * SAMPLE_RATE)
 
-        def results() -> Iterator[dict[str, Any]]:
+        def results() -> Iterator[dict[str, Any] | FailedInput]:
             for audio in audios:
-                group.open_recording()
-                for offset, samples in iter_spans(audio, group_seconds):
-                    group.add(offset, samples)
+                recording = group.queue.open(audio, self._new_accumulator(at_time_res))
+                spans = _read(lambda a=audio: iter_spans(a, group_seconds, sample_rate), recording)
+                for offset, samples in spans:
+                    group.add(recording, offset, samples)
                     if group.n_samples >= limit:
                         yield from group.run()
-                yield from group.close_recording()
+                if recording.error is not None:
+                    group.drop(recording)
+                recording.complete = True
+                yield from group.finished()
             yield from group.run()
 
         with tqdm(unit="file", desc="transcribing", disable=not progress) as bar:
@@ -261,31 +329,51 @@ class WhisperAT:
         self,
         audio: AudioInput,
         at_time_res: float = 10.0,
+        *,
         batch_size: int = 8,
+        sample_rate: int | None = None,
         progress: bool = False,
     ) -> TaggingResult:
-        """Tags only: no decoding. Streams the audio, so memory does not grow with its length."""
-        total = audio_duration(audio) if progress else None
-        return next(self.tag_many([audio], at_time_res, batch_size, progress, total))
+        """Tags only: no decoding. Streams the audio, so memory does not grow with its length.
+
+        Raises :class:`~whisper_at.audio.AudioError` for input that cannot be read.
+        """
+        total = audio_duration(audio, sample_rate=sample_rate) if progress else None
+        (result,) = self.tag_many(
+            [audio],
+            at_time_res,
+            batch_size=batch_size,
+            sample_rate=sample_rate,
+            progress=progress,
+            total_seconds=total,
+        )
+        if isinstance(result, FailedInput):
+            raise result.error
+        return result
 
     def tag_many(
         self,
         audios: Iterable[AudioInput],
         at_time_res: float = 10.0,
+        *,
         batch_size: int = 8,
+        sample_rate: int | None = None,
         progress: bool = False,
         total_seconds: float | None = None,
-    ) -> Iterator[TaggingResult]:
+    ) -> Iterator[TaggingResult | FailedInput]:
         """Tags only for many recordings: one result per input, in order, lazily.
 
         The 30 s windows of consecutive recordings share encoder batches, so a folder
         of short clips fills batches as well as one long file does. Each recording is
         streamed; at most ``batch_size`` windows are held at once. With a head that
-        reads only the first encoder blocks, the deeper ones are not run.
+        reads only the first encoder blocks, the deeper ones are not run. An input that
+        cannot be read yields a :class:`FailedInput` in its place and the others go on.
+        ``total_seconds``: the audio to come, for the progress bar.
         """
         head = self._require_head()
+        _check_batch_size(batch_size)
         n_mels = self.whisper.dims.n_mels
-        waiting: list[_Recording] = []  # in input order, not yielded yet
+        queue = _InputOrder()
         batch: list[tuple[_Recording, torch.Tensor, int]] = []  # (recording, window, start)
 
         # a head that reads only the first blocks lets the encoder stop there
@@ -305,28 +393,39 @@ class WhisperAT:
                 recording.accumulator.add_pass(
                     layers, start // HOP_LENGTH, len(window) // HOP_LENGTH
                 )
+                recording.pending -= 1
             bar.update(sum(len(window) for _, window, _ in batch) / SAMPLE_RATE)
             batch.clear()
 
-        def finished() -> Iterator[TaggingResult]:
-            while waiting and waiting[0].complete and all(r is not waiting[0] for r, *_ in batch):
-                recording = waiting.pop(0)
-                logits = recording.accumulator.finish()
-                yield self._tagging_result(logits, at_time_res, recording.n_samples / SAMPLE_RATE)
+        def finished() -> Iterator[TaggingResult | FailedInput]:
+            for recording in queue.finished():
+                if recording.error is not None:
+                    yield recording.failure()
+                    continue
+                try:
+                    yield self._tagging_result(recording.accumulator, recording.n_samples)
+                except ValueError as error:  # too short to tag
+                    yield recording.failure(error)
 
-        total = round(total_seconds, 1) if total_seconds is not None else None
-        bar = tqdm(total=total, unit="s", disable=not progress, desc="tagging")
+        bar = _audio_progress(total_seconds, "tagging", progress)
         try:
             for audio in audios:
-                waiting.append(_Recording(TagAccumulator(head, at_time_res)))
-                for chunk in stream_audio(audio, chunk_samples=N_SAMPLES):
+                recording = queue.open(audio, TagAccumulator(head, at_time_res))
+                chunks = _read(
+                    lambda a=audio: stream_audio(a, N_SAMPLES, sample_rate=sample_rate), recording
+                )
+                for chunk in chunks:
                     window = torch.from_numpy(np.ascontiguousarray(chunk))
-                    batch.append((waiting[-1], window, waiting[-1].n_samples))
-                    waiting[-1].n_samples += len(chunk)
+                    batch.append((recording, window, recording.n_samples))
+                    recording.n_samples += len(chunk)
+                    recording.pending += 1
                     if len(batch) == batch_size:
                         encode_batch()
                         yield from finished()
-                waiting[-1].complete = True
+                if recording.error is not None:  # its windows are not encoded
+                    batch[:] = [item for item in batch if item[0] is not recording]
+                    recording.pending = 0
+                recording.complete = True
                 yield from finished()
             if batch:
                 encode_batch()
@@ -336,15 +435,78 @@ class WhisperAT:
             self.tap.forget()
 
 
-@dataclass
+def _audio_progress(total: float | None, desc: str, enabled: bool) -> tqdm:
+    """A bar in seconds of audio; the rate always reads audio seconds per second."""
+    counts = "{n:.1f}/{total:.1f} s" if total is not None else "{n:.1f} s"
+    bar = "{l_bar}{bar}| " if total is not None else "{desc}: "
+    return tqdm(
+        total=None if total is None else round(total, 1),
+        desc=desc,
+        unit="s",
+        disable=not enabled,
+        bar_format=bar + counts + " of audio [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+    )
+
+
+def _read(open_chunks: Callable[[], Iterator[Any]], recording: _Recording) -> Iterator[Any]:
+    """The chunks of one input of a batched run, up to its end or its first read error,
+    which is kept on ``recording`` (so that only this input is lost)."""
+    try:
+        chunks = open_chunks()
+    except Exception as error:
+        recording.error = error
+        return
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except Exception as error:
+            recording.error = error
+            return
+        yield chunk
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+
+
+@dataclass(eq=False)
 class _Recording:
     """One input of a batched run: its transcript so far, its tags, its length."""
 
+    index: int
+    source: AudioInput
     accumulator: TagAccumulator | None
     segments: list[dict[str, Any]] = field(default_factory=list)
     language: str | None = None
     n_samples: int = 0
-    complete: bool = False  # every span of it has been read
+    pending: int = 0  # pieces read but not encoded yet
+    complete: bool = False  # read to the end (or failed)
+    error: Exception | None = None
+
+    def failure(self, error: Exception | None = None) -> FailedInput:
+        return FailedInput(self.index, describe_source(self.source), error or self.error)
+
+
+class _InputOrder:
+    """The inputs of a batched run in input order; each leaves once read and processed."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[_Recording] = deque()
+        self._opened = 0
+
+    def open(self, source: AudioInput, accumulator: TagAccumulator | None) -> _Recording:
+        recording = _Recording(self._opened, source, accumulator)
+        self._opened += 1
+        self._waiting.append(recording)
+        return recording
+
+    def finished(self) -> Iterator[_Recording]:
+        """The finished recordings at the front, in input order."""
+        while self._waiting and self._waiting[0].complete and self._waiting[0].pending == 0:
+            yield self._waiting.popleft()
 
 
 @dataclass
@@ -367,29 +529,26 @@ class _Group:
     ) -> None:
         self.model, self.at_time_res = model, at_time_res
         self.tags_per_segment, self.batch_size, self.options = tags_per_segment, batch_size, options
+        self.queue = _InputOrder()
         self.pieces: list[_Piece] = []
-        self.waiting: list[_Recording] = []  # opened, not yielded yet, in input order
         self.n_samples = 0
 
-    def open_recording(self) -> None:
-        head = self.model.head
-        accumulator = TagAccumulator(head, self.at_time_res) if head is not None else None
-        self.waiting.append(_Recording(accumulator))
-
-    def add(self, offset: int, samples: np.ndarray) -> None:
-        recording = self.waiting[-1]
+    def add(self, recording: _Recording, offset: int, samples: np.ndarray) -> None:
         recording.n_samples = offset + len(samples)
+        recording.pending += 1
         self.pieces.append(_Piece(recording, offset, samples))
         self.n_samples += len(samples)
 
-    def close_recording(self) -> Iterator[dict[str, Any]]:
-        self.waiting[-1].complete = True
-        yield from self._finished()
+    def drop(self, recording: _Recording) -> None:
+        """Forget the pieces of a recording that failed to read: they are not decoded."""
+        kept = [piece for piece in self.pieces if piece.recording is not recording]
+        self.pieces, self.n_samples = kept, sum(len(piece.samples) for piece in kept)
+        recording.pending = 0
 
-    def run(self) -> Iterator[dict[str, Any]]:
+    def run(self) -> Iterator[dict[str, Any] | FailedInput]:
         if self.pieces:
             self._decode()
-        yield from self._finished()
+        yield from self.finished()
 
     def _decode(self) -> None:
         chunks: list[tuple[int, int]] = []
@@ -401,7 +560,7 @@ class _Group:
                 owners.append((piece, base))
             base += len(piece.samples)
         samples = np.concatenate([piece.samples for piece in self.pieces])
-        self.pieces, self.n_samples = [], 0
+        pieces, self.pieces, self.n_samples = self.pieces, [], 0
 
         def on_chunk(k: int, layers: torch.Tensor, valid: int) -> None:
             piece, piece_base = owners[k]
@@ -423,25 +582,27 @@ class _Group:
             shift_result({"segments": [segment]}, shift, 0, len(recording.segments), decimals=3)
             segment["seek"] = (chunks[k][0] - piece_base + piece.offset) // HOP_LENGTH
             recording.segments.append(segment)
-        for piece, _ in owners:
+        for piece in pieces:
             piece.recording.language = piece.recording.language or result["language"]
+            piece.recording.pending -= 1
 
-    def _finished(self) -> Iterator[dict[str, Any]]:
-        """Yield the finished recordings at the front of the queue, in input order."""
-        while (
-            self.waiting
-            and self.waiting[0].complete
-            and not any(piece.recording is self.waiting[0] for piece in self.pieces)
-        ):
-            recording = self.waiting.pop(0)
+    def finished(self) -> Iterator[dict[str, Any] | FailedInput]:
+        for recording in self.queue.finished():
+            if recording.error is not None:
+                yield recording.failure()
+                continue
             result = {
                 "text": "".join(s["text"] for s in recording.segments),
                 "segments": recording.segments,
                 "language": recording.language,
             }
-            yield self.model._with_tags(
-                result, recording.accumulator, recording.n_samples, self.tags_per_segment
-            )
+            clamp_times(result, recording.n_samples / SAMPLE_RATE)
+            try:
+                yield self.model._with_tags(
+                    result, recording.accumulator, recording.n_samples, self.tags_per_segment
+                )
+            except ValueError as error:  # too short to tag
+                yield recording.failure(error)
 
 
 def _shifted(accumulator: TagAccumulator, frames: int) -> WindowSink:
@@ -451,6 +612,33 @@ def _shifted(accumulator: TagAccumulator, frames: int) -> WindowSink:
         accumulator.add_pass(layers, seek + frames, valid)
 
     return add
+
+
+class _SpanSegments:
+    """Hands each segment of a span to the caller as it is decoded, on the recording's
+    time line, and moves the progress bar."""
+
+    def __init__(
+        self,
+        offset: int,
+        first_id: int,
+        end: float,
+        bar: tqdm,
+        on_segment: SegmentCallback | None,
+    ) -> None:
+        self.offset, self.next_id, self.end = offset, first_id, end
+        self.bar, self.on_segment = bar, on_segment
+
+    def __call__(self, segment: dict[str, Any]) -> None:
+        words = segment.get("words")
+        placed = dict(segment, **({"words": [dict(w) for w in words]} if words else {}))
+        part = {"segments": [placed]}
+        shift_result(part, self.offset / SAMPLE_RATE, self.offset // HOP_LENGTH, self.next_id)
+        clamp_times(part, self.end)
+        self.next_id += 1
+        self.bar.update(max(0.0, placed["end"] - self.bar.n))
+        if self.on_segment is not None:
+            self.on_segment(placed)
 
 
 def _read_head(path: Path, loaded: LoadedWhisper) -> TaggingHead:
@@ -463,42 +651,41 @@ def _read_head(path: Path, loaded: LoadedWhisper) -> TaggingHead:
 def load_model(
     name: str | os.PathLike = "tiny.en",
     device: str | torch.device | None = None,
-    head: str | os.PathLike | TaggingHead | None = "default",
-    at_low_compute: bool = False,
     download_root: str | None = None,
+    in_memory: bool = False,
+    at_low_compute: bool = False,
+    *,
+    head: str | os.PathLike | TaggingHead | None = "default",
     engine: str = "auto",
-    compute_type: str | None = None,
-    int8: bool = False,
-    bf16: bool = False,
+    precision: str | Precision = "auto",
 ) -> WhisperAT:
     """Load Whisper weights (a name or a local path) and a tagging head.
 
-    head: "default" uses the head shipped for this model if there is one (TL-TR, or
-    TL-TR-low-dim with ``at_low_compute``); a path loads a head checkpoint (ours,
-    .safetensors, or an original Whisper-AT ``<size>_ori.pth`` / ``_low.pth``); None
-    loads no head. Without a head the model transcribes and says it cannot tag.
-    engine: which Whisper implementation decodes: "torch" (openai-whisper) or "ct2"
-    (faster-whisper / CTranslate2, from the same PyTorch encoder pass; needs a
-    CTranslate2 model folder, as the bundled models have). "auto" (default): ct2 on
-    the CPU where there is such a folder (it is as fast as faster-whisper alone),
-    otherwise torch. compute_type: the CTranslate2 decoder's precision ("default",
-    "int8", "float32", ...), ct2 only. int8: on the CPU, int8 dynamic quantization of
-    the encoder's linear layers, and of the decoder's (torch engine) or an int8
-    CTranslate2 decoder (ct2 engine, unless compute_type says otherwise); faster, with
-    slightly different tags and transcripts (measured in docs/performance.md).
-    bf16: the encoder computes in bfloat16 (ct2 engine and tags-only; the CTranslate2
-    decoder keeps its compute_type): much faster on CPUs with AMX / AVX512-BF16, with
-    slightly different tags and transcripts (measured in docs/performance.md).
+    The positional order is openai-whisper's and the reference Whisper-AT package's.
+
+    Args:
+        name: a Whisper model name (``whisper_at.available_models()``) or a local path
+            (an OpenAI ``.pt``, a CTranslate2 folder, a Hugging Face folder).
+        device: "cpu", "cuda", ... (default: cuda when available).
+        download_root: where OpenAI ``.pt`` checkpoints are looked for.
+        in_memory: accepted for compatibility; weights are always read into memory
+            (and verified by SHA-256) before use.
+        at_low_compute: the shipped TL-TR-low-dim head instead of TL-TR.
+        head: "default" uses the head shipped for this model if there is one; a path
+            loads a head checkpoint (ours, .safetensors, or an original Whisper-AT
+            ``<size>_ori.pth`` / ``_low.pth``); None loads no head, and the model
+            transcribes and says it cannot tag.
+        engine: which Whisper implementation decodes: "torch" (openai-whisper) or "ct2"
+            (faster-whisper / CTranslate2, from the same PyTorch encoder pass; needs a
+            CTranslate2 model folder, as the bundled models have). "auto": ct2 on the CPU
+            where there is such a folder, otherwise torch.
+        precision: "auto", "float32", "float16" (GPU), "bfloat16", "int8", or
+            "ENCODER:DECODER" such as "float32:int8" (exact tags, an int8 decoder); see
+            :mod:`whisper_at.precision` and docs/engines.md for what each changes.
     """
+    del in_memory  # see above
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_whisper(name, device=device, download_root=download_root)
-    if int8:
-        engine = resolve_engine(engine, loaded)
-        quantize_int8(loaded.model.encoder)
-        if engine == "torch":
-            quantize_int8(loaded.model.decoder)
-        else:
-            compute_type = compute_type or "int8"
     if isinstance(head, str) and head == "default":
         path = shipped_head_path(loaded.name, at_low_compute)
         if path is None:
@@ -508,4 +695,4 @@ def load_model(
         head = load_head(path) if path is not None else None
     elif head is not None and not isinstance(head, TaggingHead):
         head = _read_head(Path(head), loaded)
-    return WhisperAT(loaded, head, engine, compute_type, bf16)
+    return WhisperAT(loaded, head, engine, precision)

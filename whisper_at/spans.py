@@ -51,15 +51,20 @@ def window_chunks(
 
 
 def iter_spans(
-    source: Any, span_seconds: float = DEFAULT_SPAN_SECONDS
+    source: Any, span_seconds: float = DEFAULT_SPAN_SECONDS, sample_rate: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(offset in samples, samples)`` spans that together make the recording."""
+    """Yield ``(offset in samples, samples)`` spans that together make the recording.
+
+    sample_rate: the rate of an array source (see :func:`~whisper_at.audio.load_audio`).
+    """
     span = max(CUT_GRID, int(span_seconds * SAMPLE_RATE) // CUT_GRID * CUT_GRID)
     search = min(span // 2, int(QUIET_SEARCH_SECONDS * SAMPLE_RATE))
     offset = 0
     pending: list[np.ndarray] = []
     pending_len = 0
-    for chunk in stream_audio(source, chunk_samples=min(span, 30 * SAMPLE_RATE)):
+    for chunk in stream_audio(
+        source, chunk_samples=min(span, 30 * SAMPLE_RATE), sample_rate=sample_rate
+    ):
         pending.append(chunk)
         pending_len += len(chunk)
         while pending_len > span:
@@ -86,6 +91,15 @@ def shift_result(
             for key in ("start", "end"):
                 item[key] += seconds
                 item[key] = item[key] if decimals is None else round(item[key], decimals)
+
+
+def clamp_times(result: dict[str, Any], duration: float) -> None:
+    """Keep segment and word times within the audio, in place (decoders can overshoot
+    the end of the last window)."""
+    for segment in result["segments"]:
+        for item in [segment, *(segment.get("words") or [])]:
+            for key in ("start", "end"):
+                item[key] = min(max(item[key], 0.0), duration)
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:

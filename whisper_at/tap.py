@@ -106,14 +106,6 @@ class EncoderTap(nn.Module):
         self.last_pass = None
 
 
-def encoder_precision(device: torch.device, bf16: bool = False) -> torch.dtype:
-    """The precision the encoder computes in (openai-whisper's layers follow the input's
-    dtype): bfloat16 when asked, else float16 on CUDA and float32 on the CPU."""
-    if bf16:
-        return torch.bfloat16
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
 def install_tap(model: nn.Module) -> EncoderTap:
     """Put an :class:`EncoderTap` in place of ``model.encoder`` (idempotent)."""
     if isinstance(model.encoder, EncoderTap):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from whisper.audio import N_FRAMES
 
+from ..precision import Precision
 from ..tap import EncoderPass, EncoderTap, PassListener
 from ..weights import LoadedWhisper
 
@@ -24,6 +25,8 @@ logger = logging.getLogger("whisper_at")
 WindowSink = Callable[[torch.Tensor, int, int], None]
 # (chunk number, every block's output [n_layer, encoder frames, d], audio length in mel frames)
 ChunkSink = Callable[[int, torch.Tensor, int], None]
+# a segment dict (openai-whisper's keys), on the time line of the samples given
+SegmentSink = Callable[[dict[str, Any]], None]
 ENGINES = ("auto", "torch", "ct2")
 
 
@@ -31,13 +34,43 @@ class EngineError(ValueError):
     """An engine cannot run with this model or these options."""
 
 
+class WindowPlacementError(RuntimeError):
+    """An encoded window could not be placed in the audio.
+
+    The engines place windows by how the decoding library slices and pads them (the
+    versions pinned in pyproject.toml); another version of it can do otherwise, and
+    untagged windows must not pass silently.
+    """
+
+
 class Engine(Protocol):
+    """What the pipeline needs of a decoder: a transcription loop that shows it every
+    encoder pass, and, where ``batched``, a batched one over given chunks."""
+
     name: str  # "torch" or "ct2"
+    batched: bool  # offers transcribe_chunks
 
     def transcribe(
-        self, samples: np.ndarray, on_window: WindowSink | None, **options: Any
+        self,
+        samples: np.ndarray,
+        on_window: WindowSink | None,
+        on_segment: SegmentSink | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
-        """openai-whisper-style result dict; ``on_window`` gets every encoded window."""
+        """openai-whisper-style result dict; ``on_window`` gets every encoded window,
+        ``on_segment`` every segment as soon as the engine has it."""
+        ...
+
+    def transcribe_chunks(
+        self,
+        samples: np.ndarray,
+        chunks: list[tuple[int, int]],
+        on_chunk: ChunkSink | None,
+        batch_size: int,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Decode ``(start, end)`` sample chunks of ``samples`` independently, in batches;
+        ``on_chunk(k, layers, valid mel frames)`` gets chunk ``k``'s encoder pass."""
         ...
 
 
@@ -49,29 +82,26 @@ def resolve_engine(name: str, loaded: LoadedWhisper) -> str:
     (``benchmarks/transcribe_speed.py``, docs/performance.md); on a GPU no such
     measurement exists yet, so torch stays.
     """
+    if name not in ENGINES:
+        raise EngineError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
     if name != "auto":
         return name
     return "ct2" if loaded.model.device.type == "cpu" and loaded.ct2_dir is not None else "torch"
 
 
-def make_engine(name: str, loaded: LoadedWhisper, tap: EncoderTap, **engine_options: Any) -> Engine:
-    """engine_options: for "ct2", ``compute_type``, ``cpu_threads`` and ``encoder_dtype``
-    (None: the default)."""
-    engine_options = {k: v for k, v in engine_options.items() if v is not None}
+def make_engine(name: str, loaded: LoadedWhisper, tap: EncoderTap, precision: Precision) -> Engine:
+    """The engine ``name`` (or "auto") over ``tap``, computing in ``precision``
+    (see :func:`whisper_at.precision.resolve_precision`)."""
     name = resolve_engine(name, loaded)
     if name == "torch":
         from .openai_whisper import OpenAIWhisperEngine
 
-        if engine_options:
-            raise TypeError(
-                f"engine 'torch' takes no {', '.join(engine_options)} (only engine 'ct2' does)"
-            )
-        return OpenAIWhisperEngine(loaded, tap)
+        return OpenAIWhisperEngine(loaded, tap, precision)
     if name == "ct2":
         from .ct2 import CTranslate2Engine
 
-        return CTranslate2Engine(loaded, tap, **engine_options)
-    raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
+        return CTranslate2Engine(loaded, tap, precision)
+    raise EngineError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
 
 class WindowLocator:
@@ -150,15 +180,22 @@ class WindowLocator:
                 return seek
         return None
 
-    def listener(self, sink: WindowSink) -> PassListener:
-        """A tap listener that places each encoded window and hands it to ``sink``."""
+    def listener(self, sink: WindowSink, library: str) -> PassListener:
+        """A tap listener that places each encoded window and hands it to ``sink``.
+
+        library: the decoding library and its version, for the error when a window
+        cannot be placed (:class:`WindowPlacementError`)."""
 
         def place(encoder_pass: EncoderPass) -> None:
             for mel, layers in zip(encoder_pass.mel, encoder_pass.layers, strict=True):
                 seek = self.locate(mel)
                 if seek is None:
-                    logger.warning("could not place an encoder window in the audio; not tagged")
-                    continue
+                    raise WindowPlacementError(
+                        f"an encoder window of {library} matches no place in the audio, so it "
+                        "cannot be tagged; this whisper-at release was tested with the "
+                        "versions pinned in its requirements: install those (pip install "
+                        "whisper-at reinstalls them), or load the model with head=None"
+                    )
                 sink(layers, seek, self.valid_frames(seek))
 
         return place

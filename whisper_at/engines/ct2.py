@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import ctranslate2
+import faster_whisper
 import numpy as np
 import torch
 from faster_whisper import BatchedInferencePipeline, WhisperModel
@@ -29,15 +30,14 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
-from ..tap import EncoderPass, EncoderTap, PassListener, encoder_precision
+from ..precision import Precision
+from ..tap import EncoderPass, EncoderTap, PassListener
 from ..weights import LoadedWhisper
-from . import ChunkSink, EngineError, WindowLocator, WindowSink
+from . import ChunkSink, EngineError, SegmentSink, WindowLocator, WindowSink
 
 logger = logging.getLogger("whisper_at")
 
-# faster-whisper's "default" is the saved type (fp16), which CTranslate2 turns into float32
-# on the CPU with a warning at every load; asking for float32 there is the same, quietly
-DEFAULT_COMPUTE_TYPE = {"cpu": "float32", "cuda": "default"}
+LIBRARY = f"faster-whisper {faster_whisper.__version__}"
 
 # openai-whisper option name -> faster-whisper ``WhisperModel.transcribe`` argument
 OPENAI_OPTIONS = {
@@ -232,21 +232,20 @@ class TappedWhisperModel(WhisperModel):
 class CTranslate2Engine:
     """Transcripts are faster-whisper's: its loop and its CTranslate2 decoder, our encoder pass.
 
-    compute_type: CTranslate2's decoder precision (default: the saved fp16 on CUDA,
-    float32 on CPU; "int8", "int8_float16", ...). The encoder always runs in PyTorch,
-    in ``encoder_dtype`` (default: fp32 on CPU, fp16 on CUDA; bfloat16 with
-    ``load_model(..., bf16=True)``). cpu_threads: CTranslate2's threads (0: its default).
+    precision: ``decoder`` is CTranslate2's compute type; the encoder always runs in
+    PyTorch, in ``precision.encoder_dtype``. cpu_threads: CTranslate2's threads (0: its
+    default).
     """
 
     name = "ct2"
+    batched = True
 
     def __init__(
         self,
         loaded: LoadedWhisper,
         tap: EncoderTap,
-        compute_type: str | None = None,
+        precision: Precision,
         cpu_threads: int = 0,
-        encoder_dtype: torch.dtype | None = None,
     ) -> None:
         if loaded.ct2_dir is None:
             raise EngineError(
@@ -259,14 +258,14 @@ class CTranslate2Engine:
                 f"{loaded.ct2_dir} has no tokenizer.json, which faster-whisper needs offline"
             )
         device = loaded.model.device
-        self.compute_type = compute_type or DEFAULT_COMPUTE_TYPE[device.type]
+        self.compute_type = precision.decoder
         self.tap = tap
         self.n_mels = loaded.model.dims.n_mels
         self.model = TappedWhisperModel(
             str(loaded.ct2_dir),
             tap,
             device,
-            encoder_dtype or encoder_precision(device),
+            precision.encoder_dtype,
             device="cuda" if device.type == "cuda" else "cpu",
             device_index=device.index or 0,
             compute_type=self.compute_type,
@@ -280,7 +279,11 @@ class CTranslate2Engine:
             )
 
     def transcribe(
-        self, samples: np.ndarray, on_window: WindowSink | None, **options: Any
+        self,
+        samples: np.ndarray,
+        on_window: WindowSink | None,
+        on_segment: SegmentSink | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
         arguments = faster_whisper_options(options)
         if on_window is not None and arguments.get("vad_filter"):
@@ -295,17 +298,26 @@ class CTranslate2Engine:
             features = self.model.feature_extractor.share(samples)
             mel = torch.from_numpy(features).to(self.model.encoder_dtype).float()  # as encoded
             locator = WindowLocator(mel, features.shape[-1] - 1)
-            listener = locator.listener(on_window)
-        return self._decode(listener, lambda: self.model.transcribe(samples, **arguments))
+            listener = locator.listener(on_window, LIBRARY)
+        return self._decode(
+            listener, lambda: self.model.transcribe(samples, **arguments), on_segment
+        )
 
     def _decode(
-        self, listener: PassListener | None, run: Callable[[], tuple[Iterable[Any], Any]]
+        self,
+        listener: PassListener | None,
+        run: Callable[[], tuple[Iterable[Any], Any]],
+        on_segment: SegmentSink | None = None,
     ) -> dict[str, Any]:
         """Run a faster-whisper transcription with ``listener`` on the tap; openai-style dict."""
         self.tap.listener = listener
+        segments: list[dict[str, Any]] = []
         try:
-            segments, info = run()
-            segments = [_segment_dict(s) for s in segments]  # the generator does the work
+            generated, info = run()
+            for segment in generated:  # the generator does the work, window by window
+                segments.append(_segment_dict(segment))
+                if on_segment is not None:
+                    on_segment(segments[-1])
         finally:
             self.tap.listener = None
             self.tap.forget()

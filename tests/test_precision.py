@@ -4,6 +4,7 @@ The layers or the encoder's dtype change; the tap, the text and the tags hold. R
 tiny.en weights, real speech, the shipped head (tag quality is what is at stake).
 """
 
+import ctranslate2
 import pytest
 import torch
 import torch.ao.nn.quantized.dynamic as quantized
@@ -11,7 +12,7 @@ from torch import nn
 
 import whisper_at
 from whisper_at.cli import main
-from whisper_at.quantize import quantize_int8
+from whisper_at.precision import Precision, PrecisionError, quantize_int8, resolve_precision
 from whisper_at_research.analysis.wer import wer
 
 
@@ -23,8 +24,8 @@ def quantized_layers(module: nn.Module) -> int:
 def models():
     return {
         "float32": whisper_at.load_model("tiny.en", device="cpu"),
-        "int8": whisper_at.load_model("tiny.en", device="cpu", int8=True),
-        "bf16": whisper_at.load_model("tiny.en", device="cpu", bf16=True),
+        "int8": whisper_at.load_model("tiny.en", device="cpu", precision="int8"),
+        "bf16": whisper_at.load_model("tiny.en", device="cpu", precision="bfloat16"),
     }
 
 
@@ -90,15 +91,36 @@ def test_the_bf16_encoder_computes_in_bfloat16_for_transcripts_and_tags(models, 
 
 
 def test_bf16_needs_the_ct2_engine(speech, capsys):
-    with pytest.raises(ValueError, match="bf16 needs the ct2 engine"):
-        whisper_at.load_model("tiny.en", device="cpu", engine="torch", bf16=True)
+    with pytest.raises(PrecisionError, match="bfloat16 encoder needs the ct2 engine"):
+        whisper_at.load_model("tiny.en", device="cpu", engine="torch", precision="bfloat16")
     clip, _ = speech[0]
-    assert main([str(clip.path), "--engine", "torch", "--bf16"]) == 2
-    assert "bf16 needs the ct2 engine" in capsys.readouterr().err
+    assert main([str(clip.path), "--engine", "torch", "--precision", "bfloat16"]) == 2
+    assert "bfloat16 encoder needs the ct2 engine" in capsys.readouterr().err
+
+
+def test_precision_is_one_setting_checked_once():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, "ct2") == Precision("float32", "float32")
+    assert resolve_precision("int8", cpu, "ct2") == Precision("int8", "int8")
+    assert resolve_precision("float32:int8", cpu, "ct2") == Precision("float32", "int8")
+    # one name sets the decoder too only where the decoder offers it
+    offered = set(ctranslate2.get_supported_compute_types("cpu"))
+    expected = "bfloat16" if "bfloat16" in offered else "float32"
+    assert resolve_precision("bfloat16", cpu, "ct2") == Precision("bfloat16", expected)
+    with pytest.raises(PrecisionError, match="float16 needs a GPU"):
+        resolve_precision("float16", cpu, "ct2")
+    with pytest.raises(PrecisionError, match="unknown encoder precision 'fp8'"):
+        resolve_precision("fp8", cpu, "ct2")
+    with pytest.raises(PrecisionError, match="decoder precision 'int4' is not offered"):
+        resolve_precision("float32:int4", cpu, "ct2")
+    with pytest.raises(PrecisionError, match="not offered by openai-whisper"):
+        resolve_precision("float32:int8_float32", cpu, "torch")
 
 
 def test_int8_torch_engine_quantizes_the_decoder_too(speech):
-    model = whisper_at.load_model("tiny.en", device="cpu", head=None, engine="torch", int8=True)
+    model = whisper_at.load_model(
+        "tiny.en", device="cpu", head=None, engine="torch", precision="int8"
+    )
     assert quantized_layers(model.whisper.decoder) == 4 * (4 + 4 + 2)  # self, cross, mlp
     clip, audio = speech[0]
     assert wer([clip.text], [model.transcribe(audio, temperature=0.0)["text"]]) < 0.15

@@ -1,0 +1,142 @@
+"""Numeric precision: one setting, checked once, for the encoder and the decoder.
+
+``load_model(..., precision=...)`` takes ``"auto"``, one name (``"float32"``,
+``"float16"``, ``"bfloat16"``, ``"int8"``), ``"ENCODER:DECODER"`` (e.g.
+``"float32:int8"``: exact tags, an int8 CTranslate2 decoder) or a :class:`Precision`.
+One name sets the encoder, and the decoder too where the decoder offers it (a CPU
+whose CTranslate2 has no bfloat16 keeps the default decoder). docs/engines.md has the
+table of what each costs and changes.
+
+int8 for the encoder is PyTorch's dynamic quantization: the weights of ``nn.Linear``
+layers are stored in int8 and their inputs quantized on the fly; the attention's
+matrix products, the conv stem and the layer norms stay in float32. openai-whisper's
+``Linear`` is a subclass that PyTorch's quantizer does not pick up, so each is first
+swapped for a plain ``nn.Linear`` holding the same tensors. Encoder-block hooks (the
+feature tap) are untouched: the blocks stay, only their linear layers change.
+
+``torch.ao.quantization`` is deprecated in favour of torchao, but on this project's CPU
+torchao 0.18's int8 dynamic configuration ran tiny.en's encoder at 0.62-0.78 s against
+0.47-0.50 s here (float32: 0.82-0.86 s), so the older, built-in path stays while the
+pinned torch has it; its deprecation warning is silenced.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.ao.quantization import quantize_dynamic
+from whisper.model import Linear as WhisperLinear
+
+__all__ = ["PRECISIONS", "Precision", "PrecisionError", "quantize_int8", "resolve_precision"]
+
+PRECISIONS = ("float32", "float16", "bfloat16", "int8")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# what "auto" gives each device: (encoder, decoder)
+_AUTO = {"cpu": ("float32", "float32"), "cuda": ("float16", "float16")}
+
+
+class PrecisionError(ValueError):
+    """A precision this device or engine cannot compute in; the message says what can."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What the PyTorch encoder and the decoder compute in.
+
+    encoder: float32, float16 (GPU), bfloat16, or int8 (dynamic quantization, CPU).
+    decoder: for the ct2 engine a CTranslate2 compute type (``int8``, ``float32``,
+    ``int8_float32``, ``float16``, ...); for the torch engine float32, float16 (GPU) or
+    int8 (CPU).
+    """
+
+    encoder: str = "float32"
+    decoder: str = "float32"
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """The dtype of the encoder's input and activations (int8 layers take float32)."""
+        return _DTYPES.get(self.encoder, torch.float32)
+
+    @property
+    def quantized_encoder(self) -> bool:
+        return self.encoder == "int8"
+
+    def __str__(self) -> str:
+        return f"{self.encoder}:{self.decoder}"
+
+
+def resolve_precision(precision: str | Precision, device: torch.device, engine: str) -> Precision:
+    """The precision to run with, or :class:`PrecisionError` naming what this setup offers.
+
+    engine: "ct2" or "torch" (already resolved).
+    """
+    auto_encoder, auto_decoder = _AUTO[device.type]
+    if isinstance(precision, Precision):
+        wanted = precision
+    elif not isinstance(precision, str) or not precision:
+        raise PrecisionError(f"precision must be a string or a Precision, got {precision!r}")
+    elif precision == "auto":
+        wanted = Precision(auto_encoder, auto_decoder)
+    elif ":" in precision:
+        encoder, _, decoder = precision.partition(":")
+        wanted = Precision(
+            auto_encoder if encoder == "auto" else encoder,
+            auto_decoder if decoder == "auto" else decoder,
+        )
+    else:
+        offered = _decoder_types(device, engine)
+        wanted = Precision(precision, precision if precision in offered else auto_decoder)
+    _check(wanted, device, engine)
+    return wanted
+
+
+def _decoder_types(device: torch.device, engine: str) -> set[str]:
+    if engine == "ct2":
+        import ctranslate2
+
+        return set(ctranslate2.get_supported_compute_types(device.type))
+    return {"float32", "int8"} if device.type == "cpu" else {"float32", "float16"}
+
+
+def _check(precision: Precision, device: torch.device, engine: str) -> None:
+    if precision.encoder not in PRECISIONS:
+        raise PrecisionError(
+            f"unknown encoder precision {precision.encoder!r}; choose from {', '.join(PRECISIONS)}"
+        )
+    if precision.encoder == "float16" and device.type == "cpu":
+        raise PrecisionError("float16 needs a GPU; on the CPU use float32, bfloat16 or int8")
+    if precision.encoder == "int8" and device.type != "cpu":
+        raise PrecisionError("the int8 encoder (dynamic quantization) runs on the CPU only")
+    offered = _decoder_types(device, engine)
+    if precision.decoder not in offered:
+        where = f"CTranslate2 on this {device.type}" if engine == "ct2" else "openai-whisper"
+        raise PrecisionError(
+            f"decoder precision {precision.decoder!r} is not offered by {where}; "
+            f"choose from {', '.join(sorted(offered))}"
+        )
+    if engine == "torch" and precision.encoder == "bfloat16":
+        raise PrecisionError(
+            "a bfloat16 encoder needs the ct2 engine: openai-whisper decodes in float16 "
+            "or float32 only (use engine='ct2', or another precision)"
+        )
+    if engine == "torch" and device.type == "cuda" and precision.encoder != precision.decoder:
+        raise PrecisionError("openai-whisper on a GPU runs encoder and decoder in one precision")
+
+
+def quantize_int8(module: nn.Module) -> nn.Module:
+    """Quantize every linear layer of ``module`` (an encoder, a decoder) in place; CPU only."""
+    if any(p.device.type != "cpu" for p in module.parameters()):
+        raise ValueError("int8 dynamic quantization runs on the CPU only; load with device='cpu'")
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, WhisperLinear):
+                bias = child.bias is not None
+                plain = nn.Linear(child.in_features, child.out_features, bias=bias)
+                plain.weight, plain.bias = child.weight, child.bias
+                setattr(parent, name, plain)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(deprecated|will be removed).*")
+        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
