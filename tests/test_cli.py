@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from helpers import random_head
 
+from whisper_at.audio import load_audio
 from whisper_at.cli import main
-from whisper_at.heads import save_head
+from whisper_at.heads import load_head, save_head
+from whisper_at.pipeline import shipped_head_path
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,13 @@ def test_unknown_models_and_bad_heads_are_named(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(np.zeros(16, dtype=np.uint8).tobytes())
     assert main(["x.wav", "--head", str(bad)]) == 2
-    assert "not a readable safetensors" in capsys.readouterr().err
+    assert f"{bad} is not a head checkpoint" in capsys.readouterr().err
+    for name, content in [("notes.pth", b"just some text\n"), ("noise.pth", bytes(range(256)))]:
+        (tmp_path / name).write_bytes(content)
+        assert main(["x.wav", "--head", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name} is not a head checkpoint: expected an original Whisper-AT" in err
+        assert "weights_only" not in err and "Traceback" not in err
 
 
 def test_listings(capsys, head_file):
@@ -118,11 +126,29 @@ def test_listings(capsys, head_file):
     assert any(
         line.split() == ["tiny.en", "available"] for line in capsys.readouterr().out.splitlines()
     )
+
+
+def _label_table(capsys) -> tuple[list[list[str]], str]:
+    captured = capsys.readouterr()
+    return [line.split("\t") for line in captured.out.splitlines()], captured.err
+
+
+def test_label_listing_marks_the_classes_the_head_reports(capsys, head_file):
     assert main(["--list-labels"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 527 and lines[0] == "0\t/m/09x0r\tSpeech"
+    rows, err = _label_table(capsys)
+    shipped = load_head(shipped_head_path("tiny.en")).config.reported_classes
+    assert len(rows) == 527 and rows[0] == ["0", "/m/09x0r", "Speech", "reported"]
+    assert [int(r[0]) for r in rows if r[3] == "reported"] == shipped
+    assert {r[3] for r in rows} == {"reported", "-"} and len(shipped) == 145
+    assert "145 of 527 classes are reported by the head tiny.en.tl_tr" in err
     assert main(["--list-labels", "--head", str(head_file)]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 527
+    rows, err = _label_table(capsys)
+    assert [int(r[0]) for r in rows if r[3] == "reported"] == [0, 74, 137]
+    assert "3 of 527 classes are reported by the head tiny.en.tl_tr" in err
+    assert main(["--list-labels", "--head", "none"]) == 0
+    rows, err = _label_table(capsys)
+    assert len(rows) == 527 and {r[3] for r in rows} == {"-"}
+    assert "no tagging head is installed for tiny.en: no class is reported" in err
 
 
 def test_help_and_bad_arguments_exit_cleanly():
@@ -182,3 +208,17 @@ def test_inputs_that_would_overwrite_each_others_outputs_are_refused(tmp_path, s
     empty.mkdir()
     assert main([str(empty), "--head", "none"]) == 2
     assert "no audio or video files in this folder" in capsys.readouterr().err
+
+
+def test_audio_too_short_to_tag_is_a_user_error(tmp_path, tmp_audio, speech_file, capsys):
+    blip = tmp_audio(load_audio(speech_file)[8000:8001], 16000)  # one real sample
+    for command in (["tag"], ["--temperature", "0"]):
+        code = main([*command, str(blip), speech_file, "--output-dir", str(tmp_path)])
+        assert code == 1
+        captured = capsys.readouterr()
+        assert f"whisper-at: error: {blip}: the audio is too short to tag: it needs at least " in (
+            captured.err
+        )
+        assert "10 ms" in captured.err and "Traceback" not in captured.err
+        assert "1 of 2 file(s) failed" in captured.err
+        assert "[    0.0s ->     7.1s]" in captured.out  # the other file was tagged

@@ -1,19 +1,25 @@
+import dataclasses
+import hashlib
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from whisper_at.heads import (
     HEAD_TYPES,
     HeadConfig,
     HeadError,
+    HeadSource,
     TaggingHead,
     import_reference_head,
     load_head,
     save_head,
 )
 from whisper_at.labels import audioset_labels
+from whisper_at.pipeline import load_model, shipped_head_path
 
 LABELS = audioset_labels()
 # (encoder layers, width) of every Whisper size
@@ -163,7 +169,6 @@ def test_bad_head_checkpoints_are_named(tmp_path):
     junk.write_bytes(b"this is not a safetensors file")
     with pytest.raises(HeadError, match="not a readable safetensors"):
         load_head(junk)
-    from safetensors.torch import save_file
 
     bare = tmp_path / "bare.safetensors"
     save_file({"x": torch.zeros(1)}, str(bare))
@@ -189,3 +194,76 @@ def test_config_rejects_unknown_head_types_and_fields():
         make_config("tl_tr_low", 4, 384)
     with pytest.raises(HeadError, match="unknown fields"):
         HeadConfig.from_json('{"head_type": "tl_tr", "bogus": 1}')
+
+
+class _RunsCode:
+    """Unpickling this would create ``marker``: what weights_only=True must prevent."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _not_heads(folder: Path) -> dict[str, Path]:
+    """Files a user might pass as --head by mistake, keyed by what they are."""
+    files = {
+        "text": folder / "notes.pth",
+        "noise": folder / "noise.pth",
+        "pickled code": folder / "code.pth",
+        "tensor list": folder / "list.pth",
+        "text .safetensors": folder / "notes.safetensors",
+        "torch .safetensors": folder / "torch.safetensors",
+    }
+    files["text"].write_text("these are my notes, not weights\n")
+    files["noise"].write_bytes(bytes(range(256)) * 16)
+    torch.save(
+        {"at_model.x": torch.zeros(1), "hook": _RunsCode(folder / "ran")}, files["pickled code"]
+    )
+    torch.save([torch.zeros(2)], files["tensor list"])
+    files["text .safetensors"].write_text("{not json")
+    torch.save({"at_model.mlp_layer.1.weight": torch.zeros(527, 384)}, files["torch .safetensors"])
+    return files
+
+
+def test_files_that_are_not_heads_are_named_as_such(tmp_path):
+    files = _not_heads(tmp_path)
+    for kind in ("text", "noise", "pickled code", "tensor list"):
+        message = str(_error(import_reference_head, files[kind], 4))
+        assert message.startswith(f"{files[kind]} is not a head checkpoint: expected an original")
+        assert "<size>_ori.pth" in message and "weights_only" not in message, kind
+    assert "could run code" in str(_error(import_reference_head, files["pickled code"], 4))
+    assert not (tmp_path / "ran").exists()  # the pickled call was never made
+    assert "holds a list" in str(_error(import_reference_head, files["tensor list"], 4))
+    for kind in ("text .safetensors", "torch .safetensors"):
+        message = str(_error(load_head, files[kind]))
+        assert message.startswith(f"{files[kind]} is not a head checkpoint: expected a whisper-at")
+    torch_message = str(_error(load_head, files["torch .safetensors"]))
+    assert "it is a torch checkpoint (an original Whisper-AT head loads when named .pth)" in (
+        torch_message
+    )
+
+
+def _error(load, *args) -> HeadError:
+    with pytest.raises(HeadError) as error:
+        load(*args)
+    return error.value
+
+
+def test_a_loaded_head_records_its_file(tmp_path):
+    assert TaggingHead(make_config("tl_tr", 4, 384)).source is None  # built in memory
+    shipped = shipped_head_path("tiny.en")
+    digest = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert load_head(shipped).source == HeadSource(str(shipped.resolve()), digest)
+    assert load_model("tiny.en", device="cpu").head.source == load_head(shipped).source
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load_head(shipped).source.sha256 = "0" * 64
+
+    reference = tmp_path / "tiny_ori.pth"
+    source = TaggingHead(make_config("tl_tr", 4, 384))
+    torch.save({f"at_model.{k}": v for k, v in source.state_dict().items()}, reference)
+    imported = import_reference_head(reference, n_layer=4)
+    assert imported.source == HeadSource(
+        str(reference.resolve()), hashlib.sha256(reference.read_bytes()).hexdigest()
+    )

@@ -1,10 +1,28 @@
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
+from whisper_at.audio import load_audio
 from whisper_at.labels import LabelSet, audioset_labels
-from whisper_at.tagging import TagAccumulator, TaggingResult, bins_per_window, parse_at_label
+from whisper_at.pipeline import WhisperAT, load_model
+from whisper_at.tagging import (
+    AudioTooShortError,
+    TagAccumulator,
+    TaggingResult,
+    bins_per_window,
+    parse_at_label,
+)
+
+SPEECH = Path(__file__).parent.parent / "examples" / "librivox_sense_and_sensibility.wav"
+
+
+@pytest.fixture(scope="module")
+def model() -> WhisperAT:
+    """The bundled tiny.en with its shipped head."""
+    return load_model("tiny.en", device="cpu")
 
 
 class RecordingHead:
@@ -36,7 +54,7 @@ def test_resolution_must_be_a_multiple_of_0_4_s(res, bins):
     assert bins_per_window(res) == bins
 
 
-@pytest.mark.parametrize("res", [0, 0.5, 1.0, 10.1, -0.4])
+@pytest.mark.parametrize("res", [0, 0.5, 1.0, 10.1, -0.4, math.nan, math.inf])
 def test_bad_resolutions_are_refused(res):
     with pytest.raises(ValueError, match="multiple of 0.4"):
         bins_per_window(res)
@@ -140,3 +158,37 @@ def test_span_tags_take_the_max_over_overlapping_windows():
 def test_results_without_tags_say_so():
     with pytest.raises(ValueError, match="no audio tags"):
         parse_at_label({"text": "hi", "segments": [], "language": "en"})
+
+
+def test_a_result_reprs_as_a_short_summary(model):
+    tagging = model.tag(SPEECH, at_time_res=2.0)
+    text = repr(tagging)
+    assert re.fullmatch(
+        r"TaggingResult\(windows=4, duration=7\.10, at_time_res=2, classes=527 "
+        r"\(145 reported\), top='Speech' 0\.\d\d\)",
+        text,
+    ), text
+    window = tagging.windows(top_k=1)[0]  # the small records keep their dataclass repr
+    (tag,) = window.tags
+    assert repr(window) == f"TagWindow(start=0.0, end=2.0, tags=[{tag!r}])"
+    assert repr(tag) == (
+        f"Tag(label={tag.label!r}, index={tag.index}, probability={tag.probability!r}, "
+        f"logit={tag.logit!r})"
+    )
+
+
+@pytest.mark.parametrize("n_samples", [1, 159])
+def test_audio_shorter_than_one_mel_frame_is_too_short_to_tag(model, tmp_audio, n_samples, capsys):
+    clip = tmp_audio(load_audio(SPEECH)[8000 : 8000 + n_samples], 16000)
+    message = r"too short to tag: it needs at least 10 ms \(160 samples at 16 kHz"
+    with pytest.raises(AudioTooShortError, match=message):
+        model.tag(clip)
+    with pytest.raises(AudioTooShortError, match=message):
+        model.transcribe(clip, temperature=0.0)
+    assert issubclass(AudioTooShortError, ValueError)  # a user error for the CLI
+
+
+def test_one_mel_frame_is_enough_to_tag(model, tmp_audio):
+    clip = tmp_audio(load_audio(SPEECH)[8000:8160], 16000)
+    tagging = model.tag(clip)
+    assert tagging.logits.shape == (1, 527) and tagging.duration == 0.01

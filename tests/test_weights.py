@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -95,6 +96,35 @@ def _random_whisper(dims: ModelDimensions) -> Whisper:
     for parameter in model.parameters():  # some are torch.empty (maybe NaN) until loaded
         torch.nn.init.normal_(parameter, std=0.1)
     return model
+
+
+REPO = Path(__file__).parent.parent
+
+
+def test_the_weights_facts_are_documented_in_the_repository() -> None:
+    """registry.py and ct2.py cite docs/weights.md for their values; nothing cites notes
+    outside the repository."""
+    docs = (REPO / "docs" / "weights.md").read_text()
+    for name, entry in registry.BUNDLED.items():
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{name}`"))
+        assert entry.sha256 in row and f"{entry.size:,}" in row, name
+        for package, relative in entry.parts:
+            assert f"{package}/{relative}" in docs
+    assert "## CTranslate2 model.bin layout" in docs
+    openai_names = [
+        *weights_ct2._LAYER_MODULES.values(),
+        *(n for fused in weights_ct2._FUSED.values() for n in fused),
+        *weights_ct2._TOP_LEVEL.values(),
+    ]
+    assert [n for n in openai_names if n not in docs] == []
+    assert "docs/weights.md" in registry.__doc__ and "docs/weights.md" in weights_ct2.__doc__
+    outside = [
+        f"{path.relative_to(REPO)}:{i}"
+        for path in sorted((REPO / "whisper_at").rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"/work/|\.\./|sources\.md", line)
+    ]
+    assert outside == []
 
 
 def test_registry_names() -> None:

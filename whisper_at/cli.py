@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from .engines import ENGINES
 from .heads import HeadError
 from .labels import audioset_labels
 from .pipeline import WhisperAT, load_model
-from .tagging import TaggingResult
+from .tagging import TaggingResult, bins_per_window
 from .weights import WeightsError, available_models, known_models
 from .writers import OUTPUT_FORMATS, TagTable, write_outputs
 
@@ -32,14 +33,55 @@ MEDIA_SUFFIXES = {
 }
 
 
-def _formats(text: str) -> list[str]:
-    chosen = list(OUTPUT_FORMATS) if text == "all" else [f.strip() for f in text.split(",")]
-    unknown = [f for f in chosen if f not in OUTPUT_FORMATS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown format(s) {unknown}; choose from {OUTPUT_FORMATS} or all"
-        )
-    return chosen
+TAG_FORMATS = ("json", "tags")  # `whisper-at tag` has no transcript to write
+
+
+def _formats(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argparse type for a comma list of ``allowed`` formats (or ``all`` of them)."""
+
+    def parse(text: str) -> list[str]:
+        chosen = list(allowed) if text == "all" else [f.strip() for f in text.split(",")]
+        unknown = [f for f in chosen if f not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown format(s) {unknown}; choose from {allowed} or all"
+            )
+        return chosen
+
+    return parse
+
+
+# Option checks run while parsing, so a bad value is a usage error before any model loads.
+def _at_time_res(text: str) -> float:
+    """Seconds per tag window: a positive multiple of the 0.4 s bins the head reads."""
+    try:
+        seconds = float(text)
+        bins_per_window(seconds)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    """A count (batch size, top-k, beam width): 0 or less would make nothing to do."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    """A tag probability threshold; outside [0, 1] it would keep every tag or none."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return value
 
 
 def _temperatures(text: str) -> tuple[float, ...]:
@@ -74,10 +116,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--at-low-compute", action="store_true", help="use the low-dim TL-TR head")
     parser.add_argument(
-        "--at-time-res", type=float, default=10.0, help="tag window in seconds, a multiple of 0.4"
+        "--at-time-res",
+        type=_at_time_res,
+        default=10.0,
+        help="tag window in seconds, a multiple of 0.4",
     )
-    parser.add_argument("--top-k", type=int, default=5, help="tags per window")
-    parser.add_argument("--threshold", type=float, default=0.0, help="minimum tag probability")
+    parser.add_argument("--top-k", type=_positive_int, default=5, help="tags per window")
+    parser.add_argument(
+        "--threshold", type=_probability, default=0.0, help="minimum tag probability, 0 to 1"
+    )
     parser.add_argument("--output-dir", default=".", help="where output files go")
     parser.add_argument(
         "--table", help="also write every file's tags into this one TSV (file, start, end, ...)"
@@ -101,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser)
     parser.add_argument(
         "--output-format",
-        type=_formats,
+        type=_formats(OUTPUT_FORMATS),
         default=["txt", "json", "tags"],
         help=f"comma list of {','.join(OUTPUT_FORMATS)}, or all (default: txt,json,tags)",
     )
@@ -116,9 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of fallback temperatures",
     )
     parser.add_argument(
-        "--beam-size", type=int, help="beam search width (default: greedy (torch), 5 (ct2))"
+        "--beam-size",
+        type=_positive_int,
+        help="beam search width (default: greedy (torch), 5 (ct2))",
     )
-    parser.add_argument("--best-of", type=int, help="candidates when sampling with temperature > 0")
+    parser.add_argument(
+        "--best-of", type=_positive_int, help="candidates when sampling with temperature > 0"
+    )
     parser.add_argument("--word-timestamps", action="store_true", help="word-level timestamps")
     parser.add_argument("--initial-prompt", help="text to condition the first window on")
     parser.add_argument(
@@ -128,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=_positive_int,
         help="decode 30 s chunks of all files this many at a time (ct2 engine; chunks are "
         "decoded independently, as faster-whisper's batched pipeline does)",
     )
@@ -140,9 +191,14 @@ def build_tag_parser() -> argparse.ArgumentParser:
         prog="whisper-at tag", description="Tag sound events without transcribing (faster)."
     )
     _common(parser)
-    parser.add_argument("--batch-size", type=int, default=8, help="30 s windows encoded together")
     parser.add_argument(
-        "--output-format", type=_formats, default=["json", "tags"], help="comma list of json,tags"
+        "--batch-size", type=_positive_int, default=8, help="30 s windows encoded together"
+    )
+    parser.add_argument(
+        "--output-format",
+        type=_formats(TAG_FORMATS),
+        default=list(TAG_FORMATS),
+        help="comma list of json,tags, or all (default: json,tags)",
     )
     return parser
 
@@ -159,10 +215,21 @@ def _list_models() -> None:
         print(f"{name:16s} {'available' if name in available else 'not on this machine'}")
 
 
-def _list_labels(model: WhisperAT | None) -> None:
-    labels = model.labels if model is not None and model.labels is not None else audioset_labels()
-    for i, name in enumerate(labels.names):
-        print(f"{i}\t{labels.ids[i]}\t{name}")
+def _list_labels(model: WhisperAT) -> None:
+    """Every class as ``index, id, name, reported``; ``reported`` marks the classes the head
+    was trained on (it reports no others). The summary goes to stderr, so stdout stays a table.
+    """
+    head = model.head
+    if head is None:
+        labels, reported = audioset_labels(), set()
+        summary = f"no tagging head is installed for {model.name}: no class is reported"
+    else:
+        labels, reported = head.config.labels, set(head.config.reported_classes)
+        name = Path(head.source.path).stem if head.source is not None else head.config.head_type
+        summary = f"{len(reported)} of {len(labels)} classes are reported by the head {name}"
+    for i, label in enumerate(labels.names):
+        print(f"{i}\t{labels.ids[i]}\t{label}\t{'reported' if i in reported else '-'}")
+    print(summary, file=sys.stderr)
 
 
 def _whisper_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
     # faster-whisper logs every file's duration at INFO: only with --debug
     logging.getLogger("faster_whisper").setLevel(logging.DEBUG if args.debug else logging.WARNING)
+
+    _check_usage(parser, args)
     if args.list_models:
         _list_models()
         return 0
@@ -254,8 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_labels:
         _list_labels(model)
         return 0
-    if not args.audio:
-        parser.error("no audio files given")
     if tags_only and model.head is None:
         print(f"whisper-at: error: no tagging head is installed for {model.name}", file=sys.stderr)
         return 2
@@ -268,6 +335,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"whisper-at: error: {e}", file=sys.stderr)
         return 2
     return _run(model, paths, args, tags_only)
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors that argparse cannot see, caught before any model loads (exit 2)."""
+    if args.list_models or args.list_labels:
+        return
+    if not args.audio:
+        parser.error("no audio files given")
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        parser.error(f"argument --output-dir: {output_dir} exists and is not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"argument --output-dir: cannot create {output_dir}: {e.strerror or e}")
 
 
 def expand_inputs(arguments: list[str]) -> list[str]:

@@ -13,8 +13,11 @@ names are those of the reference checkpoints and those load unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -34,6 +37,21 @@ _CONFIG_KEY = "whisper_at_head_config"
 
 class HeadError(ValueError):
     """A head checkpoint that is missing, malformed, or made for another Whisper."""
+
+
+@dataclass(frozen=True)
+class HeadSource:
+    """Where a head was loaded from, so results can say which head tagged them."""
+
+    path: str  # absolute path of the checkpoint file
+    sha256: str  # of the file's bytes
+
+    @classmethod
+    def from_file(cls, path: Path) -> HeadSource:
+        """Hash ``path``; it is kept absolute so it still means something read elsewhere."""
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        return cls(str(path.resolve()), digest)
 
 
 @dataclass
@@ -117,6 +135,7 @@ class TaggingHead(nn.Module):
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
         self.config = config
+        self.source: HeadSource | None = None  # set when loaded from a file
         kind, d = config.head_type, config.d_model
         width = d
         if kind == "tl_tr_low":
@@ -172,16 +191,26 @@ def load_head(path: str | os.PathLike, device: str | torch.device = "cpu") -> Ta
     path = Path(path)
     if not path.is_file():
         raise HeadError(f"head checkpoint not found: {path}")
+    expected = "expected a whisper-at head (.safetensors with its config in the metadata)"
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for a bad header
-        raise HeadError(f"{path} is not a readable safetensors head checkpoint: {e}") from e
+        found = (
+            "a torch checkpoint (an original Whisper-AT head loads when named .pth)"
+            if zipfile.is_zipfile(path)
+            else f"not a readable safetensors file ({e})"
+        )
+        raise HeadError(f"{path} is not a head checkpoint: {expected}; it is {found}") from e
     if _CONFIG_KEY not in metadata:
-        raise HeadError(f"{path} has no whisper-at head config in its metadata")
+        raise HeadError(
+            f"{path} is not a head checkpoint: {expected}; it is a safetensors file with no "
+            "whisper-at head config in its metadata"
+        )
     head = TaggingHead(HeadConfig.from_json(metadata[_CONFIG_KEY]))
     _load_state(head, tensors, str(path))
+    head.source = HeadSource.from_file(path)
     return head.to(device).eval()
 
 
@@ -204,17 +233,33 @@ def import_reference_head(
     ``weights_only=True`` so no pickled code runs. They were trained on 10 s
     windows with the encoder input trimmed to 10 s, which the config records.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise HeadError(f"reference head not found: {path}")
+    expected = (
+        "expected an original Whisper-AT checkpoint (<size>_ori.pth or <size>_low.pth, "
+        "a torch file of at_model.* tensors)"
+    )
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise HeadError(f"reference head not found: {path}") from e
-    except Exception as e:
-        raise HeadError(f"{path} is not a loadable weights-only torch checkpoint: {e}") from e
+    except Exception as e:  # torch raises anything from KeyError to UnpicklingError here
+        # torch's own message advises weights_only=False, which would run pickled code
+        found = (
+            "a torch file holding Python objects besides tensors, which are not loaded "
+            "because unpickling them could run code"
+            if isinstance(e, pickle.UnpicklingError) and zipfile.is_zipfile(path)
+            else "not a torch checkpoint"
+        )
+        raise HeadError(f"{path} is not a head checkpoint: {expected}; it is {found}") from e
     if isinstance(raw, dict) and "state_dict" in raw:
         raw = raw["state_dict"]
     if not isinstance(raw, dict):
-        raise HeadError(f"{path} does not hold a state dict")
-    return head_from_reference_state(raw, n_layer, whisper_name, whisper_sha256, str(path))
+        raise HeadError(
+            f"{path} is not a head checkpoint: {expected}; it holds a {type(raw).__name__}"
+        )
+    head = head_from_reference_state(raw, n_layer, whisper_name, whisper_sha256, str(path))
+    head.source = HeadSource.from_file(path)
+    return head
 
 
 def head_from_reference_state(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 
 from .labels import LabelSet, audioset_labels, translated_names
 
@@ -31,11 +32,17 @@ MEL_FRAMES_PER_ENCODER_FRAME = 2  # conv2 has stride 2
 ENCODER_FRAMES_PER_BIN = 20  # the paper's 20x mean pooling
 MEL_FRAMES_PER_BIN = MEL_FRAMES_PER_ENCODER_FRAME * ENCODER_FRAMES_PER_BIN
 BIN_SECONDS = MEL_FRAMES_PER_BIN / MEL_FRAMES_PER_SECOND  # 0.4 s
+# Only whole 10 ms mel frames are audio to the encoder; shorter input leaves the head nothing.
+MIN_TAG_SAMPLES = HOP_LENGTH  # 160 samples at 16 kHz
+
+
+class AudioTooShortError(ValueError):
+    """Audio shorter than one mel frame: there is nothing to tag."""
 
 
 def bins_per_window(at_time_res: float) -> int:
     """Validate a tagging resolution (a positive multiple of 0.4 s) and return its bin count."""
-    n = round(at_time_res / BIN_SECONDS)
+    n = round(at_time_res / BIN_SECONDS) if math.isfinite(at_time_res) else 0
     if n < 1 or not math.isclose(n * BIN_SECONDS, at_time_res, abs_tol=1e-6):
         raise ValueError(
             f"at_time_res must be a positive multiple of {BIN_SECONDS} s "
@@ -100,7 +107,11 @@ class TagAccumulator:
         """Tag the remaining (last, possibly partial) window; logits ``[n_windows, n_classes]``."""
         self._emit(complete_bins=self._first_bin + self._pending_bins(), final=True)
         if not self._logits:
-            raise ValueError("no audio frames reached the tagger")
+            raise AudioTooShortError(
+                f"the audio is too short to tag: it needs at least "
+                f"{1000 * MIN_TAG_SAMPLES / SAMPLE_RATE:g} ms ({MIN_TAG_SAMPLES} samples at "
+                f"{SAMPLE_RATE // 1000} kHz, one log-mel frame)"
+            )
         return torch.cat(self._logits).float().cpu()
 
     def _pending_bins(self) -> int:
@@ -155,7 +166,7 @@ class TagWindow:
     tags: list[Tag]
 
 
-@dataclass
+@dataclass(repr=False)
 class TaggingResult:
     """Window logits of one audio stream, with what is needed to read them."""
 
@@ -168,6 +179,17 @@ class TaggingResult:
     @property
     def probabilities(self) -> torch.Tensor:
         return torch.sigmoid(self.logits)
+
+    def __repr__(self) -> str:
+        """A summary: the dataclass repr would print every logit and all the label names."""
+        n_windows = self.logits.shape[0]
+        top = self._top(self.logits.max(dim=0).values, 1, 0.0, None) if n_windows else []
+        best = f"{top[0].label!r} {top[0].probability:.2f}" if top else None
+        return (
+            f"TaggingResult(windows={n_windows}, duration={self.duration:.2f}, "
+            f"at_time_res={self.at_time_res:g}, classes={len(self.labels)} "
+            f"({len(self.reported_classes)} reported), top={best})"
+        )
 
     def window_bounds(self, i: int) -> tuple[float, float]:
         return i * self.at_time_res, min((i + 1) * self.at_time_res, self.duration)

