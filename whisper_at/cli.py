@@ -16,12 +16,14 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from . import __version__
 from .audio import audio_duration
 from .engines import ENGINES
 from .heads import HeadError
 from .labels import audioset_labels
-from .pipeline import WhisperAT, load_model
+from .pipeline import FailedInput, WhisperAT, load_model
 from .tagging import TaggingResult, bins_per_window
 from .weights import WeightsError, available_models, known_models
 from .writers import OUTPUT_FORMATS, TagTable, write_outputs
@@ -102,14 +104,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="decoder: ct2 (faster-whisper), torch (openai-whisper), or auto (default: ct2 "
         "on the CPU when the model has a CTranslate2 folder, else torch)",
     )
-    parser.add_argument("--compute-type", help="ct2 decoder precision: default, int8, float32, ...")
     parser.add_argument(
-        "--int8", action="store_true", help="CPU: int8 encoder and decoder (faster, slightly off)"
-    )
-    parser.add_argument(
-        "--bf16",
-        action="store_true",
-        help="bfloat16 encoder, ct2 engine and tags-only (fast on CPUs with AMX; slightly off)",
+        "--precision",
+        default="auto",
+        help="auto, float32, float16 (GPU), bfloat16, int8, or ENCODER:DECODER such as "
+        "float32:int8 (exact tags, int8 decoder); see docs/engines.md (default: auto)",
     )
     parser.add_argument(
         "--head", default="default", help="tagging head: default, none, or a .safetensors path"
@@ -247,11 +246,27 @@ def _whisper_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _print_segment(segment: dict[str, Any]) -> None:
+    """One transcript line; above any progress bar, which lives on stderr."""
+    line = f"[{segment['start']:7.1f}s -> {segment['end']:7.1f}s] {segment['text'].strip()}"
+    tqdm.write(line, file=sys.stdout)
+
+
+def _show_progress() -> bool:
+    """Progress bars on a terminal; logs and pipes get the results only."""
+    return sys.stderr.isatty()
+
+
 def _report_transcript(
-    model: WhisperAT, path: str, result: dict[str, Any], args: argparse.Namespace
+    model: WhisperAT,
+    path: str,
+    result: dict[str, Any],
+    args: argparse.Namespace,
+    segments_printed: bool = False,
 ) -> None:
-    for segment in result["segments"]:
-        print(f"[{segment['start']:7.1f}s -> {segment['end']:7.1f}s] {segment['text'].strip()}")
+    if not segments_printed:
+        for segment in result["segments"]:
+            _print_segment(segment)
     if result.get("audio_tag") is not None:
         print("sound events:")
         _print_tags(TaggingResult.from_result(result), args.top_k, args.threshold)
@@ -313,9 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             at_low_compute=args.at_low_compute,
             download_root=args.model_dir,
             engine=args.engine,
-            compute_type=args.compute_type,
-            int8=args.int8,
-            bf16=args.bf16,
+            precision=args.precision,
         )
     except (WeightsError, HeadError, ValueError, TypeError) as e:
         print(f"whisper-at: error: {e}", file=sys.stderr)
@@ -326,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if tags_only and model.head is None:
         print(f"whisper-at: error: no tagging head is installed for {model.name}", file=sys.stderr)
         return 2
-    if not tags_only and args.batch_size is not None and model.engine.name != "ct2":
+    if not tags_only and args.batch_size is not None and not model.engine.batched:
         print("whisper-at: error: --batch-size needs the ct2 engine", file=sys.stderr)
         return 2
     try:
@@ -401,12 +414,14 @@ def _run(model: WhisperAT, paths: list[str], args: argparse.Namespace, tags_only
 
     table = TagTable(args.table, args.top_k, args.threshold) if args.table else None
 
-    def report(path: str, result: TaggingResult | dict[str, Any]) -> None:
+    def report(
+        path: str, result: TaggingResult | dict[str, Any], segments_printed: bool = False
+    ) -> None:
         if isinstance(result, TaggingResult):
             _report_tags(path, result, args)
             tagging = result
         else:
-            _report_transcript(model, path, result, args)
+            _report_transcript(model, path, result, args, segments_printed)
             tagging = TaggingResult.from_result(result) if "audio_tag" in result else None
         if table is not None and tagging is not None:
             table.add(path, tagging)
@@ -417,8 +432,14 @@ def _run(model: WhisperAT, paths: list[str], args: argparse.Namespace, tags_only
             for path in paths:
                 print(f"== {path}")
                 try:
-                    options = _whisper_options(args)
-                    report(path, model.transcribe(path, args.at_time_res, **options))
+                    result = model.transcribe(
+                        path,
+                        args.at_time_res,
+                        progress=_show_progress(),
+                        on_segment=_print_segment,
+                        **_whisper_options(args),
+                    )
+                    report(path, result, segments_printed=True)
                 except Exception as e:
                     fail(path, e)
         else:
@@ -433,6 +454,7 @@ def _run(model: WhisperAT, paths: list[str], args: argparse.Namespace, tags_only
 
 
 Report = Callable[[str, "TaggingResult | dict[str, Any]"], None]
+Results = Iterator[TaggingResult | FailedInput] | Iterator[dict[str, Any] | FailedInput]
 
 
 def _run_batched(
@@ -443,9 +465,9 @@ def _run_batched(
     report: Report,
     fail: Callable[[str, Exception], None],
 ) -> None:
-    """Files that share batches: unreadable ones are set aside first; if a batch still
-    fails (a file corrupt past its header), the rest go one by one, so only the bad
-    file is lost."""
+    """Files that share batches. A file that cannot be read comes back as a FailedInput
+    in its place; if a batch itself fails, the rest go one by one, so only the file
+    that broke it is lost."""
     durations: dict[str, float] = {}  # the readable files, probed once
     for path in paths:
         try:
@@ -455,31 +477,41 @@ def _run_batched(
             fail(path, e)
     readable = list(durations)
 
-    def results(group: list[str]) -> Iterator[TaggingResult] | Iterator[dict[str, Any]]:
+    def results(group: list[str]) -> Results:
         if tags_only:
-            total = sum(durations[p] for p in group)
-            return model.tag_many(group, args.at_time_res, args.batch_size, True, total)
+            return model.tag_many(
+                group,
+                args.at_time_res,
+                batch_size=args.batch_size,
+                progress=_show_progress(),
+                total_seconds=sum(durations[p] for p in group),
+            )
         return model.transcribe_many(
             group,
-            args.batch_size,
             args.at_time_res,
-            progress=True,
+            batch_size=args.batch_size,
+            progress=_show_progress(),
             **_whisper_options(args),
         )
+
+    def handle(path: str, result: TaggingResult | dict[str, Any] | FailedInput) -> None:
+        print(f"== {path}")
+        if isinstance(result, FailedInput):
+            fail(path, result.error)
+        else:
+            report(path, result)
 
     done = 0
     try:
         for path, result in zip(readable, results(readable), strict=True):
-            print(f"== {path}")
-            report(path, result)
+            handle(path, result)
             done += 1
     except Exception as e:
         logger.warning("a batch failed (%s); going on file by file", e)
         for path in readable[done:]:
             try:
                 (result,) = results([path])
-                print(f"== {path}")
-                report(path, result)
+                handle(path, result)
             except Exception as e:
                 print(f"== {path}")
                 fail(path, e)

@@ -126,7 +126,7 @@ class WhisperAT:
 
     def provenance(self) -> dict[str, Any]:
         """What made a result: package version, Whisper weights, engine, precision, head."""
-        source = getattr(self.head, "source", None)
+        source = self.head.source if self.head is not None else None
         return {
             "version": __version__,
             "model": self.name,
@@ -245,7 +245,7 @@ class WhisperAT:
                 shift_result(part, offset / SAMPLE_RATE, offset // HOP_LENGTH, n_segments)
                 parts.append(part)
                 n_samples = offset + len(samples)
-                bar.update(span_end - bar.n)
+                _advance(bar, span_end)
         result = merge_results(parts)
         clamp_times(result, n_samples / SAMPLE_RATE)
         return self._with_tags(result, accumulator, n_samples, tags_per_segment)
@@ -394,7 +394,7 @@ class WhisperAT:
                     layers, start // HOP_LENGTH, len(window) // HOP_LENGTH
                 )
                 recording.pending -= 1
-            bar.update(sum(len(window) for _, window, _ in batch) / SAMPLE_RATE)
+            _advance(bar, bar.n + sum(len(window) for _, window, _ in batch) / SAMPLE_RATE)
             batch.clear()
 
         def finished() -> Iterator[TaggingResult | FailedInput]:
@@ -440,12 +440,21 @@ def _audio_progress(total: float | None, desc: str, enabled: bool) -> tqdm:
     counts = "{n:.1f}/{total:.1f} s" if total is not None else "{n:.1f} s"
     bar = "{l_bar}{bar}| " if total is not None else "{desc}: "
     return tqdm(
-        total=None if total is None else round(total, 1),
+        total=total,
         desc=desc,
         unit="s",
         disable=not enabled,
         bar_format=bar + counts + " of audio [{elapsed}<{remaining}, {rate_noinv_fmt}]",
     )
+
+
+def _advance(bar: tqdm, seconds: float) -> None:
+    """Move ``bar`` to ``seconds`` of audio; a total from container metadata may be short."""
+    if seconds <= bar.n:
+        return
+    if bar.total is not None and seconds > bar.total:
+        bar.total = seconds
+    bar.update(seconds - bar.n)
 
 
 def _read(open_chunks: Callable[[], Iterator[Any]], recording: _Recording) -> Iterator[Any]:
@@ -636,7 +645,7 @@ class _SpanSegments:
         shift_result(part, self.offset / SAMPLE_RATE, self.offset // HOP_LENGTH, self.next_id)
         clamp_times(part, self.end)
         self.next_id += 1
-        self.bar.update(max(0.0, placed["end"] - self.bar.n))
+        _advance(self.bar, placed["end"])
         if self.on_segment is not None:
             self.on_segment(placed)
 
