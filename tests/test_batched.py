@@ -19,7 +19,9 @@ TAG_TOLERANCE = 1e-4  # faster-whisper's log-mel against openai-whisper's (see t
 
 @pytest.fixture(scope="module")
 def model():
-    return whisper_at.load_model("tiny.en", device="cpu", head=random_head(), engine="ct2")
+    return whisper_at.load_model(
+        "tiny.en", device="cpu", head=random_head(), engine="ct2", precision="float32"
+    )
 
 
 @pytest.fixture(scope="module")

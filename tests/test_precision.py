@@ -4,6 +4,8 @@ The layers or the encoder's dtype change; the tap, the text and the tags hold. R
 tiny.en weights, real speech, the shipped head (tag quality is what is at stake).
 """
 
+import json
+
 import ctranslate2
 import pytest
 import torch
@@ -12,7 +14,14 @@ from torch import nn
 
 import whisper_at
 from whisper_at.cli import main
-from whisper_at.precision import Precision, PrecisionError, quantize_int8, resolve_precision
+from whisper_at.precision import (
+    Precision,
+    PrecisionError,
+    fastest_cpu_decoder,
+    quantize_int8,
+    resolve_precision,
+)
+from whisper_at.weights import load_whisper
 from whisper_at_research.analysis.wer import wer
 
 
@@ -23,7 +32,7 @@ def quantized_layers(module: nn.Module) -> int:
 @pytest.fixture(scope="module")
 def models():
     return {
-        "float32": whisper_at.load_model("tiny.en", device="cpu"),
+        "float32": whisper_at.load_model("tiny.en", device="cpu", precision="float32"),
         "int8": whisper_at.load_model("tiny.en", device="cpu", precision="int8"),
         "bf16": whisper_at.load_model("tiny.en", device="cpu", precision="bfloat16"),
     }
@@ -130,3 +139,22 @@ def test_int8_needs_the_cpu():
     on_meta = nn.Linear(4, 4, device="meta")
     with pytest.raises(ValueError, match="CPU only"):
         quantize_int8(nn.Sequential(on_meta))
+
+
+def test_the_cpu_decoder_is_measured_once_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("WHISPER_AT_CACHE", str(tmp_path))
+    ct2_dir = load_whisper("tiny.en").ct2_dir
+    choice = fastest_cpu_decoder(ct2_dir)
+    (entry,) = json.loads((tmp_path / "decoder_precision.json").read_text()).values()
+    seconds = entry["seconds"]
+    assert set(seconds) == {"float32", "int8"} and all(s > 0 for s in seconds.values())
+    assert choice == ("int8" if seconds["int8"] < 0.85 * seconds["float32"] else "float32")
+    # the kept choice is what later loads use, without measuring again
+    other = "float32" if choice == "int8" else "int8"
+    entry["decoder"] = other
+    key = next(iter(json.loads((tmp_path / "decoder_precision.json").read_text())))
+    (tmp_path / "decoder_precision.json").write_text(json.dumps({key: entry}))
+    assert fastest_cpu_decoder(ct2_dir) == other
+    model = whisper_at.load_model("tiny.en", device="cpu", head=None)
+    assert model.precision == Precision("float32", other)
+    assert model.engine.compute_type == other

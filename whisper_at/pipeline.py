@@ -95,7 +95,8 @@ class WhisperAT:
         self.loaded = loaded
         self.whisper = loaded.model
         engine = resolve_engine(engine, loaded)
-        self.precision = resolve_precision(precision, self.whisper.device, engine)
+        ct2_dir = loaded.ct2_dir if engine == "ct2" else None
+        self.precision = resolve_precision(precision, self.whisper.device, engine, ct2_dir)
         if self.precision.quantized_encoder:
             quantize_int8(self.whisper.encoder)
         if engine == "torch" and self.precision.decoder == "int8":

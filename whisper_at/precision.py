@@ -7,6 +7,12 @@ One name sets the encoder, and the decoder too where the decoder offers it (a CP
 whose CTranslate2 has no bfloat16 keeps the default decoder). docs/engines.md has the
 table of what each costs and changes.
 
+"auto" on the CPU gives a float32 encoder (exact tags) and the faster of CTranslate2's
+float32 and int8 decoders on this CPU: which one wins depends on the processor (int8
+was 2x faster on an Intel CPU with AMX, 20% slower on an AMD EPYC with AVX-512), so it
+is measured once per CPU, CTranslate2 version and model, and kept in the cache
+(:func:`fastest_cpu_decoder`).
+
 int8 for the encoder is PyTorch's dynamic quantization: the weights of ``nn.Linear``
 layers are stored in int8 and their inputs quantized on the fly; the attention's
 matrix products, the conv stem and the layer norms stay in float32. openai-whisper's
@@ -22,15 +28,33 @@ pinned torch has it; its deprecation warning is silenced.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.ao.quantization import quantize_dynamic
 from whisper.model import Linear as WhisperLinear
 
-__all__ = ["PRECISIONS", "Precision", "PrecisionError", "quantize_int8", "resolve_precision"]
+from .cache import cache_dir
+
+__all__ = [
+    "PRECISIONS",
+    "Precision",
+    "PrecisionError",
+    "fastest_cpu_decoder",
+    "quantize_int8",
+    "resolve_precision",
+]
+
+logger = logging.getLogger("whisper_at")
 
 PRECISIONS = ("float32", "float16", "bfloat16", "int8")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -68,12 +92,22 @@ class Precision:
         return f"{self.encoder}:{self.decoder}"
 
 
-def resolve_precision(precision: str | Precision, device: torch.device, engine: str) -> Precision:
+def resolve_precision(
+    precision: str | Precision,
+    device: torch.device,
+    engine: str,
+    ct2_dir: str | os.PathLike | None = None,
+) -> Precision:
     """The precision to run with, or :class:`PrecisionError` naming what this setup offers.
 
-    engine: "ct2" or "torch" (already resolved).
+    engine: "ct2" or "torch" (already resolved); ct2_dir: the CTranslate2 model folder,
+    where "auto" picks the faster decoder on the CPU (measured once, see
+    :func:`fastest_cpu_decoder`).
     """
     auto_encoder, auto_decoder = _AUTO[device.type]
+    wants_auto = precision == "auto" or (isinstance(precision, str) and "auto" in precision)
+    if wants_auto and engine == "ct2" and device.type == "cpu" and ct2_dir is not None:
+        auto_decoder = fastest_cpu_decoder(ct2_dir)
     if isinstance(precision, Precision):
         wanted = precision
     elif not isinstance(precision, str) or not precision:
@@ -91,6 +125,97 @@ def resolve_precision(precision: str | Precision, device: torch.device, engine: 
         wanted = Precision(precision, precision if precision in offered else auto_decoder)
     _check(wanted, device, engine)
     return wanted
+
+
+# int8 must beat float32 (exact against plain faster-whisper) by this much to be chosen
+_INT8_MARGIN = 0.85
+
+
+def fastest_cpu_decoder(ct2_dir: str | os.PathLike) -> str:
+    """ "float32" or "int8": the faster CTranslate2 decoder for this model on this CPU.
+
+    Measured once (greedy and beam 5 decoding of 48 tokens from a fixed encoder output,
+    each compute type's best of three; about a second for tiny.en) and cached per CPU,
+    CTranslate2 version and model in ``decoder_precision.json`` under the cache folder.
+    int8 is chosen only when it takes under 85% of float32's time, since float32's
+    transcripts are exactly plain faster-whisper's.
+    """
+    import ctranslate2
+
+    if "int8" not in ctranslate2.get_supported_compute_types("cpu"):
+        return "float32"
+    key = _cpu_key(Path(ct2_dir), ctranslate2.__version__)
+    path = cache_dir() / "decoder_precision.json"
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]["decoder"]
+    seconds = {kind: _decode_seconds(Path(ct2_dir), kind) for kind in ("float32", "int8")}
+    choice = "int8" if seconds["int8"] < _INT8_MARGIN * seconds["float32"] else "float32"
+    logger.info("CPU decoder: %s (measured %s)", choice, seconds)
+    known[key] = {"decoder": choice, "seconds": seconds, "cpu": _cpu_name()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:  # a read-only cache measures again next time
+        logger.debug("could not keep the decoder choice in %s: %s", path, error)
+    return choice
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_key(ct2_dir: Path, ct2_version: str) -> str:
+    """CPU model and instruction-set flags, CTranslate2 version, model weights."""
+    try:
+        flags = next(
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        flags = platform.machine()
+    stat = (ct2_dir / "model.bin").stat()
+    parts = [_cpu_name(), flags, str(os.cpu_count()), ct2_version, str(stat.st_size)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _decode_seconds(ct2_dir: Path, compute_type: str) -> float:
+    import ctranslate2
+    import numpy as np
+    import tokenizers
+    from faster_whisper.tokenizer import Tokenizer
+
+    model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type=compute_type)
+    tokenizer = Tokenizer(
+        tokenizers.Tokenizer.from_file(str(ct2_dir / "tokenizer.json")),
+        model.is_multilingual,
+        task="transcribe",
+        language="en",
+    )
+    silence = np.zeros((1, model.n_mels, 3000), np.float32)
+    encoded = model.encode(ctranslate2.StorageView.from_array(silence))
+    prompt = [list(tokenizer.sot_sequence)]
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for beam in (1, 5):  # the end of text suppressed: every run decodes max_length tokens
+            model.generate(
+                encoded, prompt, beam_size=beam, max_length=48, suppress_tokens=[-1, tokenizer.eot]
+            )
+        best = min(best, time.perf_counter() - start)
+    return round(best, 4)
 
 
 def _decoder_types(device: torch.device, engine: str) -> set[str]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ctranslate2
@@ -144,6 +145,27 @@ def _token_list(tokens: str | Iterable[int] | None) -> list[int] | None:
     return [int(t) for t in tokens]
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``n`` while the block runs.
+
+    PyTorch and CTranslate2 each bring their own OpenMP runtime. After PyTorch has run
+    multi-threaded work, its thread team stays in the way of CTranslate2's decoding
+    threads on the same cores (measured: faster-whisper decoding ~70% slower on a
+    2-core CPU), unless PyTorch is back to one thread. So the engine hands the cores
+    over: PyTorch gets its threads for each encoder pass and the tagging head, and one
+    thread while CTranslate2 decodes (docs/performance.md).
+    """
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
+
+
 class SharedFeatureExtractor(FeatureExtractor):
     """faster-whisper's feature extractor, computing a file's log-mel once for both sides.
 
@@ -196,6 +218,7 @@ class TappedWhisperModel(WhisperModel):
         self._encoded: torch.Tensor | np.ndarray | None = None  # memory the StorageView reads
         self._detecting = False  # inside faster-whisper's language detection
         self._unplaced: EncoderPass | None = None  # its pass, not handed to the tagger yet
+        self.encoder_threads = torch.get_num_threads()  # PyTorch's, for encoder passes
 
     def detect_language(self, *args: Any, **kwargs: Any) -> Any:
         self._detecting = True
@@ -207,6 +230,15 @@ class TappedWhisperModel(WhisperModel):
     def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
         if features.ndim == 2:
             features = np.expand_dims(features, 0)
+        with torch_threads(self.encoder_threads):  # PyTorch's turn: encoder and tagging head
+            output = self._encode_and_tag(features)
+        if output.is_cuda:  # CTranslate2 reads float16 (a bfloat16 encoder's output is cast)
+            self._encoded = output.half().contiguous()
+        else:
+            self._encoded = np.ascontiguousarray(output.float().numpy())
+        return ctranslate2.StorageView.from_array(self._encoded)
+
+    def _encode_and_tag(self, features: np.ndarray) -> torch.Tensor:
         mel = torch.from_numpy(features).to(self.torch_device, self.encoder_dtype)
         tap, listener, passes = self.tap, self.tap.listener, self.tap.n_passes
         if self._detecting:  # the tagger takes the windows that decoding encodes
@@ -222,11 +254,7 @@ class TappedWhisperModel(WhisperModel):
             if tap.last_pass is self._unplaced and tap.n_passes == passes and listener:
                 listener(self._unplaced)  # language detection's pass, now decoded from
             self._unplaced = None
-        if output.is_cuda:  # CTranslate2 reads float16 (a bfloat16 encoder's output is cast)
-            self._encoded = output.half().contiguous()
-        else:
-            self._encoded = np.ascontiguousarray(output.float().numpy())
-        return ctranslate2.StorageView.from_array(self._encoded)
+        return output
 
 
 class CTranslate2Engine:
@@ -313,11 +341,12 @@ class CTranslate2Engine:
         self.tap.listener = listener
         segments: list[dict[str, Any]] = []
         try:
-            generated, info = run()
-            for segment in generated:  # the generator does the work, window by window
-                segments.append(_segment_dict(segment))
-                if on_segment is not None:
-                    on_segment(segments[-1])
+            with torch_threads(1):  # CTranslate2's turn; encode() takes PyTorch's threads back
+                generated, info = run()
+                for segment in generated:  # the generator does the work, window by window
+                    segments.append(_segment_dict(segment))
+                    if on_segment is not None:
+                        on_segment(segments[-1])
         finally:
             self.tap.listener = None
             self.tap.forget()
