@@ -13,7 +13,6 @@ from whisper_at.tagging import (
     TagAccumulator,
     TaggingResult,
     bins_per_window,
-    parse_at_label,
 )
 
 SPEECH = Path(__file__).parent.parent / "examples" / "librivox_sense_and_sensibility.wav"
@@ -106,26 +105,6 @@ def make_result(logits, labels=None, res=2.0, duration=None, **extra):
     return {**tagging.to_result_fields(), **extra}
 
 
-def test_parse_at_label_keeps_the_reference_shape_and_semantics():
-    logits = torch.full((2, 527), -5.0)
-    logits[0, 0], logits[0, 137], logits[0, 74] = 3.0, 1.0, -0.5  # Speech, Music, Dog
-    logits[1, 74] = 2.0
-    result = make_result(logits, duration=3.5, language="en")
-    parsed = parse_at_label(result, top_k=2, p_threshold=-1)
-    assert parsed == [
-        {"time": {"start": 0.0, "end": 2.0}, "audio tags": [("Speech", 3.0), ("Music", 1.0)]},
-        {"time": {"start": 2.0, "end": 3.5}, "audio tags": [("Dog", 2.0)]},
-    ]
-    assert parse_at_label(result, top_k=5, p_threshold=0.0)[0]["audio tags"] == [
-        ("Speech", 3.0),
-        ("Music", 1.0),
-    ]
-    only_dog = parse_at_label(result, include_class_list=[74])
-    assert [t for w in only_dog for t in w["audio tags"]] == [("Dog", -0.5), ("Dog", 2.0)]
-    chinese = parse_at_label({**result, "language": "zh"}, top_k=1)
-    assert chinese[0]["audio tags"][0][0] == "说话的声音"
-
-
 def test_custom_labels_and_trained_classes_limit_what_is_reported():
     labels = LabelSet.custom(["siren", "horn", "engine"])
     tagging = TaggingResult(
@@ -153,11 +132,6 @@ def test_span_tags_take_the_max_over_overlapping_windows():
     assert [t.label for t in tagging.span_tags(0.5, 3.0, top_k=1)] == ["Speech"]
     assert tagging.span_tags(0.5, 3.0, top_k=1)[0].logit == 2.0
     assert [t.label for t in tagging.span_tags(4.2, 5.0, top_k=1)] == ["Dog"]
-
-
-def test_results_without_tags_say_so():
-    with pytest.raises(ValueError, match="no audio tags"):
-        parse_at_label({"text": "hi", "segments": [], "language": "en"})
 
 
 def test_a_result_reprs_as_a_short_summary(model):

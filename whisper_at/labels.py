@@ -2,7 +2,7 @@
 
 A head checkpoint stores its own label list, so a head trained on custom labels
 carries them with it; the AudioSet list here is the default and the source of
-translated display names for ``parse_at_label(language=...)``.
+translated display names for ``whisper_at.compat.parse_at_label(language=...)``.
 """
 
 from __future__ import annotations

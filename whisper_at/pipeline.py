@@ -11,6 +11,7 @@ streams the audio in 30 s windows, encodes them in batches and only runs the hea
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 from collections import deque
@@ -22,15 +23,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import whisper
 from tqdm import tqdm
 from whisper.audio import HOP_LENGTH, N_SAMPLES
+from whisper.decoding import DecodingOptions, DecodingResult
+from whisper.model import ModelDimensions
+from whisper.tokenizer import Tokenizer
 
 from . import __version__
 from .audio import SAMPLE_RATE, audio_duration, describe_source, stream_audio, window_log_mel
+from .cache import cache_dir
+from .compat import warn_at_time_res
 from .engines import EngineError, WindowSink, make_engine, resolve_engine
 from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
-from .precision import Precision, quantize_int8, resolve_precision
+from .precision import Precision, PrecisionError, quantize_int8, resolve_precision
 from .spans import (
     DEFAULT_SPAN_SECONDS,
     clamp_times,
@@ -41,7 +48,8 @@ from .spans import (
 )
 from .tagging import TagAccumulator, TaggingResult
 from .tap import install_tap
-from .weights import LoadedWhisper, load_whisper
+from .weights import LoadedWhisper, WeightsError, load_whisper
+from .weights.openai import search_dirs
 
 logger = logging.getLogger("whisper_at")
 
@@ -63,6 +71,61 @@ def shipped_head_path(whisper_name: str, low_compute: bool = False) -> Path | No
         if path.is_file():
             return Path(str(path))
     return None
+
+
+# The names the reference Whisper-AT package loads, each with a head file it fetched into
+# openai-whisper's cache next to the .pt: <name>_ori.pth (TL-TR), and for these sizes also
+# <name>_low.pth (TL-TR-512). Its "large" is large-v2, which openai-whisper now calls
+# large-v3, so "large" gets no reference head here (docs/compatibility.md).
+REFERENCE_NAMES = (
+    "tiny.en", "tiny", "base.en", "base", "small.en", "small",
+    "medium.en", "medium", "large-v1", "large-v2", "large",
+)  # fmt: skip
+_REFERENCE_LOW = ("small.en", "small", "medium.en", "medium", "large-v1", "large-v2")
+
+
+def reference_head_dirs(download_root: str | os.PathLike | None = None) -> list[Path]:
+    """Where a reference ``<name>_ori.pth`` / ``_low.pth`` is looked for: next to the
+    OpenAI ``.pt`` files (``download_root``, else openai-whisper's caches), then
+    ``heads/`` in whisper-at's cache (``$WHISPER_AT_CACHE/heads``)."""
+    return [*search_dirs(download_root), cache_dir() / "heads"]
+
+
+def reference_head_file(whisper_name: str, low_compute: bool = False) -> str:
+    """The reference's head file name; sizes without a TL-TR-512 head take TL-TR."""
+    low = low_compute and whisper_name in _REFERENCE_LOW
+    return f"{whisper_name}_{'low' if low else 'ori'}.pth"
+
+
+def reference_head_path(
+    whisper_name: str, low_compute: bool = False, download_root: str | os.PathLike | None = None
+) -> Path | None:
+    """The reference package's head for a reference name, if the user has its file."""
+    if whisper_name not in REFERENCE_NAMES or whisper_name == "large":
+        return None
+    filename = reference_head_file(whisper_name, low_compute)
+    folders = reference_head_dirs(download_root)
+    return next((d / filename for d in folders if (d / filename).is_file()), None)
+
+
+def _reference_files_hint(
+    whisper_name: str, low_compute: bool, download_root: str | os.PathLike | None, weights: bool
+) -> str:
+    """What to put where so that a reference name loads as in the reference package."""
+    if whisper_name == "large":
+        return (
+            "the reference package's 'large' is large-v2; here 'large' is openai-whisper's "
+            "large-v3, for which no Whisper-AT head exists: load 'large-v2' (or pass head=None)"
+        )
+    pt_dir, heads_dir = reference_head_dirs(download_root)[0], cache_dir() / "heads"
+    head_file = reference_head_file(whisper_name, low_compute)
+    pt = f"{os.path.basename(whisper._MODELS[whisper_name])} ({whisper._MODELS[whisper_name]}) and "
+    return (
+        f"to load {whisper_name!r} as the reference package does, put {pt if weights else ''}"
+        f"the reference's head {head_file} (github.com/YuanGongND/whisper-at, pretrained_models) "
+        f"in {pt_dir}; the head may also go in {heads_dir}"
+        + ("" if weights else " (nothing is downloaded); or pass head=None to transcribe untagged")
+    )
 
 
 @dataclass(frozen=True)
@@ -125,6 +188,85 @@ class WhisperAT:
     def labels(self) -> LabelSet | None:
         return self.head.config.labels if self.head is not None else None
 
+    # --- Whisper's own attributes, for code written against openai-whisper or the
+    # reference Whisper-AT package (whose model is a Whisper). Only transcribe tags, as
+    # there; decode, detect_language and embed_audio are the wrapped Whisper's.
+
+    @property
+    def dims(self) -> ModelDimensions:
+        return self.whisper.dims
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.whisper.is_multilingual
+
+    @property
+    def num_languages(self) -> int:
+        return self.whisper.num_languages
+
+    def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """Whisper's encoder output ``[batch, 1500, d]`` for log-mel windows (the
+        reference's returns a tuple with pooled features too: docs/compatibility.md)."""
+        return self.whisper.embed_audio(mel)
+
+    def logits(self, tokens: torch.Tensor, audio_features: torch.Tensor) -> torch.Tensor:
+        return self.whisper.logits(tokens, audio_features)
+
+    def detect_language(
+        self, mel: torch.Tensor, tokenizer: Tokenizer | None = None
+    ) -> tuple[torch.Tensor, dict[str, float] | list[dict[str, float]]]:
+        """openai-whisper's language detection on 30 s log-mel windows."""
+        return whisper.decoding.detect_language(self.whisper, mel, tokenizer)
+
+    def decode(
+        self, mel: torch.Tensor, options: DecodingOptions | None = None, **kwargs: Any
+    ) -> DecodingResult | list[DecodingResult]:
+        """openai-whisper's decoding of 30 s log-mel windows (pass ``fp16=False`` on the CPU,
+        as there); no tags, as the reference's ``decode`` gives none."""
+        return whisper.decoding.decode(self.whisper, mel, options or DecodingOptions(), **kwargs)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Whisper's parameters, then the head's (as the reference's single module has)."""
+        head = self.head.parameters() if self.head is not None else ()
+        return itertools.chain(self.whisper.parameters(), head)
+
+    def eval(self) -> WhisperAT:
+        """Both networks are always in eval mode (frozen); returns the model, as torch does."""
+        self.whisper.eval()
+        if self.head is not None:
+            self.head.eval()
+        return self
+
+    def to(self, device: str | torch.device) -> WhisperAT:
+        """Move Whisper and the head to ``device`` and rebuild the engine there, keeping
+        the precision; a precision that device cannot run raises :class:`PrecisionError`."""
+        device = torch.device(device)
+        if device.type == self.device.type and device.index in (None, self.device.index):
+            return self
+        return self._rebuild(device, self.precision)
+
+    def half(self) -> WhisperAT:
+        """Compute in float16, encoder and decoder (a GPU precision: on the CPU this raises
+        :class:`PrecisionError`); the same as ``load_model(..., precision="float16")``."""
+        return self._rebuild(self.device, "float16")
+
+    def _rebuild(self, device: torch.device, precision: str | Precision) -> WhisperAT:
+        try:
+            resolved = resolve_precision(precision, device, self.engine.name)
+        except PrecisionError as error:
+            raise PrecisionError(
+                f"{self.name} ({self.precision}, {self.engine.name} engine) cannot run on "
+                f"{device} in {precision}: {error}; load_model(..., device=..., precision=...) "
+                "sets both"
+            ) from error
+        self.whisper.to(device)
+        if self.head is not None:
+            self.head.to(device)
+        self.tap.forget()
+        self.precision, self.encoder_dtype = resolved, resolved.encoder_dtype
+        self.engine = make_engine(self.engine.name, self.loaded, self.tap, resolved)
+        return self
+
     def provenance(self) -> dict[str, Any]:
         """What made a result: package version, Whisper weights, engine, precision, head."""
         source = self.head.source if self.head is not None else None
@@ -172,7 +314,11 @@ class WhisperAT:
         )
 
     def _new_accumulator(self, at_time_res: float) -> TagAccumulator | None:
-        return TagAccumulator(self.head, at_time_res) if self.head is not None else None
+        if self.head is None:
+            return None
+        # as the reference warns in transcribe; stacklevel 3: the caller of transcribe
+        warn_at_time_res(at_time_res, self.head.config.window_seconds, stacklevel=3)
+        return TagAccumulator(self.head, at_time_res)
 
     def transcribe(
         self,
@@ -658,6 +804,27 @@ def _read_head(path: Path, loaded: LoadedWhisper) -> TaggingHead:
     return load_head(path)
 
 
+def _default_head(
+    loaded: LoadedWhisper, low_compute: bool, download_root: str | os.PathLike | None
+) -> TaggingHead | None:
+    """The shipped head, else the reference's file for a reference name. A reference name
+    with neither is an error (the reference always tags); other models transcribe untagged."""
+    path = shipped_head_path(loaded.name, low_compute)
+    if path is not None:
+        return load_head(path)
+    path = reference_head_path(loaded.name, low_compute, download_root)
+    if path is not None:
+        n_layer = loaded.model.dims.n_audio_layer
+        return import_reference_head(path, n_layer, loaded.name, loaded.sha256)
+    if loaded.name in REFERENCE_NAMES:
+        hint = _reference_files_hint(loaded.name, low_compute, download_root, weights=False)
+        raise HeadError(f"no tagging head is installed for {loaded.name}: {hint}")
+    logger.warning(
+        "no tagging head is installed for %s; it will transcribe without tags", loaded.name
+    )
+    return None
+
+
 def load_model(
     name: str | os.PathLike = "tiny.en",
     device: str | torch.device | None = None,
@@ -677,14 +844,18 @@ def load_model(
         name: a Whisper model name (``whisper_at.available_models()``) or a local path
             (an OpenAI ``.pt``, a CTranslate2 folder, a Hugging Face folder).
         device: "cpu", "cuda", ... (default: cuda when available).
-        download_root: where OpenAI ``.pt`` checkpoints are looked for.
+        download_root: where OpenAI ``.pt`` checkpoints (and reference heads next to
+            them) are looked for.
         in_memory: accepted for compatibility; weights are always read into memory
             (and verified by SHA-256) before use.
-        at_low_compute: the shipped TL-TR-low-dim head instead of TL-TR.
-        head: "default" uses the head shipped for this model if there is one; a path
-            loads a head checkpoint (ours, .safetensors, or an original Whisper-AT
-            ``<size>_ori.pth`` / ``_low.pth``); None loads no head, and the model
-            transcribes and says it cannot tag.
+        at_low_compute: the TL-TR-low-dim head instead of TL-TR.
+        head: "default" uses the head shipped for this model, else, for a name the
+            reference package loads, its ``<name>_ori.pth`` / ``_low.pth`` from
+            :func:`reference_head_dirs` (a reference name with neither raises
+            :class:`HeadError` saying what to put where; any other model transcribes
+            untagged, with a warning); a path loads a head checkpoint (ours,
+            .safetensors, or an original Whisper-AT ``<size>_ori.pth`` / ``_low.pth``);
+            None loads no head, and the model transcribes and says it cannot tag.
         engine: which Whisper implementation decodes: "torch" (openai-whisper) or "ct2"
             (faster-whisper / CTranslate2, from the same PyTorch encoder pass; needs a
             CTranslate2 model folder, as the bundled models have). "auto": ct2 on the CPU
@@ -695,14 +866,16 @@ def load_model(
     """
     del in_memory  # see above
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_whisper(name, device=device, download_root=download_root)
-    if isinstance(head, str) and head == "default":
-        path = shipped_head_path(loaded.name, at_low_compute)
-        if path is None:
-            logger.warning(
-                "no tagging head is installed for %s; it will transcribe without tags", loaded.name
-            )
-        head = load_head(path) if path is not None else None
+    default_head = isinstance(head, str) and head == "default"
+    try:
+        loaded = load_whisper(name, device=device, download_root=download_root)
+    except WeightsError as error:
+        if not (default_head and name in REFERENCE_NAMES):
+            raise
+        hint = _reference_files_hint(str(name), at_low_compute, download_root, weights=True)
+        raise WeightsError(f"{error}; {hint}") from error
+    if default_head:
+        head = _default_head(loaded, at_low_compute, download_root)
     elif head is not None and not isinstance(head, TaggingHead):
         head = _read_head(Path(head), loaded)
     return WhisperAT(loaded, head, engine, precision)

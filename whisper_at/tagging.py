@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 
-from .labels import LabelSet, audioset_labels, translated_names
+from .labels import LabelSet, audioset_labels
 
 logger = logging.getLogger("whisper_at")
 
@@ -264,41 +264,3 @@ class TaggingResult:
             labels=labels,
             reported_classes=list(result.get("audio_tag_classes") or range(len(labels))),
         )
-
-
-def parse_at_label(
-    result: dict[str, Any],
-    language: str = "follow_asr",
-    top_k: int = 5,
-    p_threshold: float = -1,
-    include_class_list: Sequence[int] | None = None,
-) -> list[dict[str, Any]]:
-    """Reference-compatible reading of a transcription result.
-
-    Returns ``[{'time': {'start', 'end'}, 'audio tags': [(name, logit), ...]}]`` with
-    up to ``top_k`` classes per window whose logit exceeds ``p_threshold`` (a logit,
-    as in the reference: -1 is probability 0.27). Names follow the ASR language when
-    a translation exists, else English. ``include_class_list`` restricts the classes
-    (default: those the head was trained on).
-    """
-    tagging = TaggingResult.from_result(result)
-    if include_class_list is not None:
-        tagging.reported_classes = [
-            c for c in tagging.reported_classes if c in set(include_class_list)
-        ]
-    names: Sequence[str] | None = None
-    if tagging.labels.is_audioset:
-        code = result.get("language", "en") if language == "follow_asr" else language
-        names = translated_names(code or "en")
-        if names is None:
-            logger.warning("no %r translation of the label names; using English", code)
-    threshold = 1.0 / (1.0 + math.exp(-p_threshold))
-    return [
-        {
-            "time": {"start": window.start, "end": window.end},
-            "audio tags": [
-                (tag.label, tag.logit) for tag in window.tags if tag.logit > p_threshold
-            ],
-        }
-        for window in tagging.windows(top_k=top_k, threshold=threshold, names=names)
-    ]
