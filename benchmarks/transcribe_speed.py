@@ -8,20 +8,21 @@ several rounds (medians reported):
   to 75 bins and tagged in 10 s windows; temperature fallbacks encode and tag again),
   as its forked ``transcribe`` does;
 - whisper-at, torch engine, with and without tags;
-- faster-whisper ``transcribe`` alone on the original CTranslate2 folder;
-- whisper-at, ct2 engine, with and without tags;
-- with ``--batch-size N``: faster-whisper's ``BatchedInferencePipeline`` (no tags) and
-  whisper-at's batched ``transcribe_many`` (ct2, with tags), over the same audio cut
-  into the same chunks;
-- with ``--int8-decoder``: faster-whisper with ``compute_type="int8"`` and whisper-at
-  ct2 + tags with an int8 CTranslate2 decoder (the PyTorch encoder, and so the tags,
-  stay float32);
-- with ``--bf16``: whisper-at ct2 + tags with the encoder in bfloat16, with the float32
-  and with the int8 decoder.
-Same beam size and temperature for all. The audio is real speech over real sounds:
-the corpus's test clips that contain speech, concatenated (build the corpus first:
-``whisper-at corpus build --out DIR``). A head is needed for "with tags": pass one
-with --head; without it a randomly initialised TL-TR head stands in (same cost).
+- faster-whisper ``transcribe`` alone on the original CTranslate2 folder, float32 and
+  int8 (its best of the two is what whisper-at is held to);
+- whisper-at, ct2 engine, default precision (``auto``: a float32 encoder and the decoder
+  this CPU measured faster), with and without tags; with tags and the float32 decoder
+  (transcripts exactly faster-whisper float32's); and with tags as before the thread
+  handover (PyTorch keeping its threads while CTranslate2 decodes);
+- with ``--batch-size N``: faster-whisper's ``BatchedInferencePipeline`` (no tags, float32
+  and int8) and whisper-at's batched ``transcribe_many`` (ct2, default precision, with
+  tags), over the same audio cut into the same chunks;
+- with ``--bf16``: whisper-at ct2 + tags with the encoder in bfloat16.
+Same beam size and temperature for all. The CPU's model and instruction-set flags are
+printed with the table. The audio is real speech over real sounds: the corpus's test
+clips that contain speech, concatenated (build the corpus first: ``whisper-at corpus
+build --out DIR``). A head is needed for "with tags": pass one with --head; without it a
+randomly initialised TL-TR head stands in (same cost).
 
     python benchmarks/transcribe_speed.py --corpus DIR [--minutes 3] [--repeats 5]
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +129,16 @@ def whisper_at_engine(
     tags: bool,
     batch_size: int | None = None,
     precision: str = "auto",
+    thread_handover: bool = True,
 ) -> Callable[[], object]:
     import whisper_at
 
+    if not thread_handover:  # as before: PyTorch keeps its threads while CTranslate2 decodes
+        import contextlib
+
+        import whisper_at.engines.ct2
+
+        whisper_at.engines.ct2.torch_threads = lambda _n: contextlib.nullcontext()
     head = setup.tagging_head() if tags else None
     model = whisper_at.load_model(
         setup.model, device="cpu", head=head, engine=engine, precision=precision
@@ -158,82 +167,90 @@ def faster_whisper(
     )
 
 
+def cpu_description() -> str:
+    """The CPU model and the instruction-set flags that decide the kernels used."""
+    model, flags = "unknown CPU", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                wanted = ("avx2", "fma", "avx512", "amx", "vnni", "bf16")
+                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(wanted))
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(flags) or '-'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     Setup.add_arguments(parser, repeats=5)
     parser.add_argument("--batch-size", type=int, help="also time batched transcription")
-    parser.add_argument(
-        "--int8-decoder", action="store_true", help="also time int8 CTranslate2 decoding"
-    )
     parser.add_argument("--bf16", action="store_true", help="also time a bfloat16 encoder")
     args = parser.parse_args()
     setup = Setup.from_arguments(args)
     seconds = len(setup.audio()) / 16000
     p = functools.partial
+    ct2 = p(whisper_at_engine, setup, "ct2")
     contenders = {
         "openai-whisper (no tags)": p(openai_whisper, setup, False),
         "reference algorithm + tags": p(openai_whisper, setup, True),
         "whisper-at torch, no tags": p(whisper_at_engine, setup, "torch", False),
         "whisper-at torch + tags": p(whisper_at_engine, setup, "torch", True),
-        "faster-whisper (no tags)": p(faster_whisper, setup),
-        "whisper-at ct2, no tags": p(whisper_at_engine, setup, "ct2", False),
-        "whisper-at ct2 + tags": p(whisper_at_engine, setup, "ct2", True),
+        "faster-whisper float32 (no tags)": p(faster_whisper, setup),
+        "faster-whisper int8 (no tags)": p(faster_whisper, setup, compute_type="int8"),
+        "whisper-at ct2, no tags": p(ct2, False),
+        "whisper-at ct2 + tags": p(ct2, True),
+        "whisper-at ct2 + tags, float32 decoder": p(ct2, True, precision="float32"),
+        "whisper-at ct2 + tags, no thread handover": p(ct2, True, thread_handover=False),
     }
     if args.batch_size:
-        contenders["faster-whisper batched (no tags)"] = p(faster_whisper, setup, args.batch_size)
-        contenders["whisper-at ct2 batched + tags"] = p(
-            whisper_at_engine, setup, "ct2", True, args.batch_size
-        )
-    if args.int8_decoder:
-        contenders["faster-whisper int8 (no tags)"] = p(faster_whisper, setup, compute_type="int8")
-        contenders["whisper-at ct2 + tags, int8 decoder"] = p(
-            whisper_at_engine, setup, "ct2", True, precision="float32:int8"
-        )
+        b = args.batch_size
+        contenders["faster-whisper batched float32 (no tags)"] = p(faster_whisper, setup, b)
+        contenders["faster-whisper batched int8 (no tags)"] = p(faster_whisper, setup, b, "int8")
+        contenders["whisper-at ct2 batched + tags"] = p(ct2, True, b)
     if args.bf16:
-        contenders["whisper-at ct2 + tags, bf16 encoder"] = p(
-            whisper_at_engine, setup, "ct2", True, precision="bfloat16:float32"
-        )
-        contenders["whisper-at ct2 + tags, bf16 encoder, int8 decoder"] = p(
-            whisper_at_engine, setup, "ct2", True, precision="bfloat16:int8"
-        )
+        contenders["whisper-at ct2 + tags, bf16 encoder"] = p(ct2, True, precision="bfloat16")
     timings = alternate(contenders, args.repeats)
 
+    import whisper_at
+
+    default = whisper_at.load_model(setup.model, device="cpu", head=None).precision
+    print(cpu_description())
     print(f"{args.model}, {seconds:.0f} s of speech over sounds, beam {args.beam_size}, "
           f"CPU threads {torch.get_num_threads()}, one process per contender, "
-          f"{args.repeats} rounds after a warm-up run (median)")  # fmt: skip
+          f"{args.repeats} rounds after a warm-up run (median); "
+          f"whisper-at's default precision here: {default}")  # fmt: skip
     print(TABLE_HEADER)
     for timing in timings:
         print(timing.row(seconds))
     median = {t.name: t.median for t in timings}
     print("ratios:")
-    ow, fw = median["openai-whisper (no tags)"], median["faster-whisper (no tags)"]
+    ow = median["openai-whisper (no tags)"]
+    fw_name = min(("float32", "int8"), key=lambda c: median[f"faster-whisper {c} (no tags)"])
+    fw = median[f"faster-whisper {fw_name} (no tags)"]
     ref = median["reference algorithm + tags"]
+    print(f"  faster-whisper's best compute type here: {fw_name}")
     print(f"  reference algorithm: tags overhead {ref / ow - 1:+.1%} over openai-whisper")
     for engine in ("torch", "ct2"):
         tagged = median[f"whisper-at {engine} + tags"]
         untagged = median[f"whisper-at {engine}, no tags"]
         print(f"  {engine}: tags overhead {tagged / untagged - 1:+.1%}; "
-              f"vs faster-whisper {tagged / fw:.2f}x the time; "
+              f"vs faster-whisper ({fw_name}) {tagged / fw:.2f}x the time; "
               f"vs openai-whisper {ow / tagged:.2f}x faster; "
               f"vs the reference algorithm {ref / tagged:.2f}x faster")  # fmt: skip
+    for variant in ("float32 decoder", "no thread handover") + (("bf16 encoder",) * args.bf16):
+        ours = median[f"whisper-at ct2 + tags, {variant}"]
+        print(f"  ct2 + tags, {variant}: {ours / fw:.2f}x the time of faster-whisper "
+              f"({fw_name}); {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
     if args.batch_size:
-        ours, theirs = (
-            median["whisper-at ct2 batched + tags"],
-            median["faster-whisper batched (no tags)"],
-        )
-        print(f"  batched {args.batch_size}: whisper-at + tags {ours / theirs:.2f}x the time of "
-              f"faster-whisper batched; {ow / ours:.2f}x faster than openai-whisper, "
-              f"{fw / ours:.2f}x faster than faster-whisper sequential")  # fmt: skip
-    if args.int8_decoder:
-        ours = median["whisper-at ct2 + tags, int8 decoder"]
-        theirs = median["faster-whisper int8 (no tags)"]
-        print(f"  int8 decoder: whisper-at + tags {ours / theirs:.2f}x the time of "
-              f"faster-whisper int8; {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
-    if args.bf16:
-        for name in ("bf16 encoder", "bf16 encoder, int8 decoder"):
-            ours = median[f"whisper-at ct2 + tags, {name}"]
-            print(f"  {name}: whisper-at + tags {ours / fw:.2f}x the time of faster-whisper "
-                  f"(float32); {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
+        theirs = min(median[f"faster-whisper batched {c} (no tags)"] for c in ("float32", "int8"))
+        ours = median["whisper-at ct2 batched + tags"]
+        print(f"  batched {args.batch_size}: whisper-at + tags {ours / theirs:.2f}x the time "
+              f"of faster-whisper batched (best type); {ow / ours:.2f}x faster than "
+              f"openai-whisper, {fw / ours:.2f}x faster than faster-whisper "
+              "sequential")  # fmt: skip
 
 
 if __name__ == "__main__":
