@@ -167,3 +167,13 @@ def test_reading_an_8k_file_needs_no_rate(model, tmp_audio, speech):
     _, audio = speech[1]
     path = tmp_audio(resample(audio, 8000), 8000)
     assert model.tag(path).duration == pytest.approx(len(load_audio(path)) / 16000)
+
+
+def test_the_progress_bar_reads_audio_seconds_per_second(model, capsys):
+    """tqdm inverts a rate under 1 ("4.00s/s" meaning seconds per audio second); the bar
+    always shows audio seconds per second. 50 ms of audio take longer than 50 ms to tag."""
+    model.tag(np.zeros(800, dtype=np.float32) + 0.01, progress=True)
+    last = capsys.readouterr().err.strip().split("\r")[-1]
+    assert "0.1/0.1 s of audio" in last
+    rate = float(last.rsplit(", ", 1)[1].removesuffix("s/s]"))
+    assert 0 < rate < 1.0
