@@ -628,6 +628,8 @@ def test_f1_optimal_threshold_on_known_scores():
     # a tie (F1 2/3 at >= 0.9 and at >= 0.6) goes to the higher threshold
     tie = f1_optimal_threshold(np.array([1, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.6]))
     assert tie == (0.9, pytest.approx(2 / 3))
+    # with a tolerance: the highest threshold within it of the best (0.9, F1 2/3 of 4/5)
+    assert f1_optimal_threshold(targets, scores, tolerance=0.15)[0] == 0.9
     # equal scores are one candidate
     assert f1_optimal_threshold(np.array([1, 1, 0]), np.array([0.4, 0.4, 0.4]))[0] == 0.4
     with pytest.raises(ValueError, match="positive"):
@@ -652,9 +654,20 @@ def test_thresholds_are_chosen_per_class_with_a_fallback():
     thresholds, rows = choose_thresholds(targets, scores, [0, 1], min_positives=5, floor=0.2)
     assert thresholds[0] == pytest.approx(scores[5, 0])  # the sixth-highest score, F1 1
     assert thresholds[1] == AUTO_THRESHOLD_FALLBACK and thresholds[2] == AUTO_THRESHOLD_FALLBACK
-    assert [r["rule"] for r in rows] == ["f1", "fallback"]
+    assert [r["rule"] for r in rows] == ["f1", "fallback: few positives"]
     floored, _ = choose_thresholds(targets, scores * 0.1, [0], min_positives=5, floor=0.2)
     assert floored[0] == 0.2
+    # a class the scores do not separate (best F1 1/3, "tag everything") gets the fallback
+    noise = np.zeros((10, 1), dtype=np.uint8)
+    noise[[5, 9], 0] = 1
+    weak, rows = choose_thresholds(noise, scores[:, :1], [0], min_positives=2, min_f1=0.5)
+    assert weak == [AUTO_THRESHOLD_FALLBACK] and rows[0]["rule"] == "fallback: low F1"
+    # the tolerance takes the highest threshold within it of the best F1
+    flat = np.array([1, 0, 1, 1, 1, 1, 0, 0, 0, 0], dtype=np.uint8)[:, None]
+    exact, _ = choose_thresholds(flat, scores[:, :1], [0], min_positives=1, tolerance=0.0)
+    near, rows = choose_thresholds(flat, scores[:, :1], [0], min_positives=1, tolerance=0.12)
+    assert exact[0] == pytest.approx(scores[5, 0])  # F1 10/11
+    assert near[0] == pytest.approx(scores[4, 0]) and rows[0]["f1"] == pytest.approx(0.8)
 
 
 def test_calibrate_stores_thresholds_and_keeps_the_weights(trained, store, tmp_path, capsys):

@@ -2,12 +2,14 @@
 
 A head's probabilities are not decisions: with label smoothing and class-balanced
 sampling, silence still gets Music 0.13 and a fixed threshold either lists noise or
-hides rare classes. ``calibrate_head`` picks for every reported class the threshold
-with the best F1 on a split (``metrics.f1_optimal_threshold``), and stores them in
-the head's config (the tensors are copied as they are), so "auto" at inference uses
-them. Classes with fewer than ``min_positives`` positive clips in that split (their
-F1 optimum is one clip's score) get ``fallback`` instead, and no threshold goes below
-``floor`` (docs/results.md has the measurements behind both).
+hides rare classes. ``calibrate_head`` picks for every reported class the highest
+threshold within ``tolerance`` F1 of the best F1 on a split
+(``metrics.f1_optimal_threshold``), and stores them in the head's config (the tensors
+are copied as they are), so "auto" at inference uses them. Classes with fewer than
+``min_positives`` positive clips in that split (their optimum is one clip's score), or
+whose best F1 is under ``min_f1`` (not detected reliably; their optimum is often "tag
+everything"), get ``fallback``; no threshold goes below ``floor``. docs/results.md has
+the measurements behind these defaults.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .source_split import with_scheme
 from .train import predict
 
 MIN_POSITIVES = 5  # positive clips in the split for a class to get its own threshold
+MIN_F1 = 0.5  # a class whose best F1 is lower is not detected reliably: the fallback
+F1_TOLERANCE = 0.02  # the highest threshold within this F1 of the best
 THRESHOLD_FLOOR = 0.2  # no class threshold below this
 
 
@@ -40,19 +44,23 @@ def choose_thresholds(
     min_positives: int = MIN_POSITIVES,
     fallback: float = AUTO_THRESHOLD_FALLBACK,
     floor: float = THRESHOLD_FLOOR,
+    min_f1: float = MIN_F1,
+    tolerance: float = F1_TOLERANCE,
 ) -> tuple[list[float], list[dict]]:
     """Thresholds for every column of ``scores`` and, per class in ``classes``, how chosen."""
     thresholds = np.full(scores.shape[1], fallback)
     rows = []
     for c in classes:
         positives = int((targets[:, c] > 0).sum())
-        row: dict = {"index": c, "positives": positives}
+        row: dict = {"index": c, "positives": positives, "rule": "fallback: few positives"}
         if positives >= min_positives:
-            best, f1 = f1_optimal_threshold(targets[:, c], scores[:, c])
-            thresholds[c] = max(best, floor)
-            row.update(rule="f1", f1_optimal=best, f1=f1)
-        else:
-            row["rule"] = "fallback"
+            best, f1 = f1_optimal_threshold(targets[:, c], scores[:, c], tolerance)
+            row.update(f1_optimal=best, f1=f1)
+            if f1 >= min_f1:
+                thresholds[c] = max(best, floor)
+                row["rule"] = "f1"
+            else:
+                row["rule"] = "fallback: low F1"
         row["threshold"] = float(thresholds[c])
         rows.append(row)
     return thresholds.tolist(), rows
@@ -68,6 +76,8 @@ def calibrate_head(
     min_positives: int = MIN_POSITIVES,
     fallback: float = AUTO_THRESHOLD_FALLBACK,
     floor: float = THRESHOLD_FLOOR,
+    min_f1: float = MIN_F1,
+    tolerance: float = F1_TOLERANCE,
 ) -> dict:
     """Write ``out``: the head with per-class thresholds from ``split``; returns a report.
 
@@ -84,7 +94,9 @@ def calibrate_head(
     targets = align_targets(head, data.meta["label_ids"], data.targets)
     scores = torch.sigmoid(predict(head, data.features)).numpy()
     classes = cfg.reported_classes
-    thresholds, rows = choose_thresholds(targets, scores, classes, min_positives, fallback, floor)
+    thresholds, rows = choose_thresholds(
+        targets, scores, classes, min_positives, fallback, floor, min_f1, tolerance
+    )
     for row in rows:
         row["name"] = cfg.label_names[row["index"]]
     out = Path(out)
@@ -97,7 +109,13 @@ def calibrate_head(
         "split": split,
         "split_scheme": split_scheme,
         "n_clips": len(data),
-        "rules": {"min_positives": min_positives, "fallback": fallback, "floor": floor},
+        "rules": {
+            "min_positives": min_positives,
+            "fallback": fallback,
+            "floor": floor,
+            "min_f1": min_f1,
+            "tolerance": tolerance,
+        },
         "calibration": calibration(targets[:, evaluated], scores[:, evaluated]),
         "classes": rows,
     }

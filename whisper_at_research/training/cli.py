@@ -286,7 +286,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 # -- whisper-at calibrate --------------------------------------------------------------------
 def calibrate_parser() -> argparse.ArgumentParser:
-    from .calibrate import MIN_POSITIVES, THRESHOLD_FLOOR
+    from .calibrate import F1_TOLERANCE, MIN_F1, MIN_POSITIVES, THRESHOLD_FLOOR
 
     p = argparse.ArgumentParser(
         prog="whisper-at calibrate",
@@ -306,6 +306,15 @@ def calibrate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fallback", type=_threshold, default=None, help="default: auto's fallback")
     p.add_argument("--floor", type=float, default=THRESHOLD_FLOOR, help="lowest threshold")
+    p.add_argument(
+        "--min-f1", type=float, default=MIN_F1, help="a class with a lower best F1: the fallback"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=F1_TOLERANCE,
+        help="take the highest threshold within this F1 of the best",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -328,12 +337,14 @@ def calibrate_main(argv: list[str] | None = None) -> int:
             min_positives=args.min_positives,
             fallback=fallback,
             floor=args.floor,
+            min_f1=args.min_f1,
+            tolerance=args.tolerance,
         )
         own = sum(row["rule"] == "f1" for row in report["classes"])
         cal = report["calibration"]
         print(
             f"wrote {report['out']}: {own} of {len(report['classes'])} classes with an "
-            f"F1-optimal threshold, the others {fallback}; on {report['split']} "
+            f"(near-)F1-optimal threshold, the others {fallback}; on {report['split']} "
             f"({report['n_clips']} clips) ECE {cal['ece']:.4f}"
         )
         for row in cal["bins"]:

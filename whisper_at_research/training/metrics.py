@@ -67,12 +67,16 @@ def tagging_metrics(
     )
 
 
-def f1_optimal_threshold(targets: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+def f1_optimal_threshold(
+    targets: np.ndarray, scores: np.ndarray, tolerance: float = 0.0
+) -> tuple[float, float]:
     """(threshold, F1) of the score threshold with the best F1 for one class.
 
     A clip is predicted positive when its score is >= the threshold; the candidates are
     the scores themselves, and among equal F1 the highest threshold wins (fewer false
-    alarms). Needs at least one positive.
+    alarms). With ``tolerance`` the highest threshold whose F1 is within it of the best
+    wins: on a flat F1 curve that costs little F1 and saves many false alarms. Needs at
+    least one positive.
     """
     y = np.asarray(targets) > 0.5
     s = np.asarray(scores, dtype=np.float64)
@@ -85,7 +89,7 @@ def f1_optimal_threshold(targets: np.ndarray, scores: np.ndarray) -> tuple[float
     tp = np.cumsum(y_sorted)[last]
     predicted = (np.flatnonzero(last) + 1).astype(np.float64)
     f1 = 2 * tp / (predicted + n_pos)
-    best = int(np.argmax(f1))  # the first maximum: the highest threshold
+    best = int(np.flatnonzero(f1 >= f1.max() - tolerance)[0])  # the highest such threshold
     return float(s_sorted[last][best]), float(f1[best])
 
 
