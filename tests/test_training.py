@@ -278,6 +278,19 @@ def test_manifest_errors_name_the_problem(tmp_path):
     clips = read_manifest(write_manifest(tmp_path / "c.jsonl", rows))
     assert labels_from_manifest(clips).names == ("a", "b", "c")
     assert clips[0].path == str(tmp_path / "a.wav") and clips[0].split == "train"
+    assert clips[0].sources == ()  # manifests without "source" read as before
+
+
+def test_manifest_sources_are_a_package_or_a_list(tmp_path):
+    rows = [
+        {"path": "a.wav", "source": "debian:flite=2.2-5"},
+        {"path": "b.wav", "source": ["pypi:b==1", "debian:a=1"]},
+    ]
+    clips = read_manifest(write_manifest(tmp_path / "s.jsonl", rows))
+    assert [c.sources for c in clips] == [("debian:flite=2.2-5",), ("debian:a=1", "pypi:b==1")]
+    bad = write_manifest(tmp_path / "bad.jsonl", [{"path": "a.wav", "source": 3}])
+    with pytest.raises(ManifestError, match="bad.jsonl:1: 'source' must be"):
+        read_manifest(bad)
 
 
 def test_corpus_builder_rows_are_accepted(tmp_path):
