@@ -254,17 +254,15 @@ class TaggingResult:
         """The ``top_k`` most probable reported classes among those over their threshold."""
         names = names or self.labels.names
         candidates = torch.tensor(self.reported_classes, dtype=torch.long)
-        scores = logits[candidates]
-        order = torch.argsort(scores, descending=True)
+        scores = logits[candidates].double()
+        over = torch.sigmoid(scores) >= thresholds[candidates].double()
+        candidates, scores = candidates[over], scores[over]
+        order = torch.argsort(scores, descending=True)[:top_k]
         tags = []
         for j in order.tolist():
             index = int(candidates[j])
             logit = float(scores[j])
-            probability = 1.0 / (1.0 + math.exp(-logit))
-            if probability >= float(thresholds[index]):
-                tags.append(Tag(names[index], index, probability, logit))
-                if len(tags) == top_k:
-                    break
+            tags.append(Tag(names[index], index, 1.0 / (1.0 + math.exp(-logit)), logit))
         return tags
 
     def to_result_fields(self) -> dict[str, Any]:
