@@ -204,7 +204,7 @@ def rewrite_head_config(src: str | os.PathLike, dst: str | os.PathLike, config: 
     """
     with safe_open(str(src), framework="pt", device="cpu") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    TaggingHead(config).load_state_dict(tensors, strict=True)  # the config must fit them
+    _load_state(TaggingHead(config), tensors, str(src))  # the config must fit them
     save_file(tensors, str(dst), metadata={_CONFIG_KEY: config.to_json()})
 
 
