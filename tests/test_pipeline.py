@@ -102,7 +102,9 @@ def test_tags_cover_long_audio_on_the_absolute_grid(model, long_speech, caplog):
     parsed = whisper_at.parse_at_label(result, top_k=3)
     assert len(parsed) == result["audio_tag"].shape[0]
     assert parsed[-1]["time"] == {"start": 98.0, "end": pytest.approx(duration)}
-    assert all(len(s["audio_tags"]) == 5 for s in result["segments"])
+    # up to 5 per segment, those over their class's threshold (threshold "auto")
+    assert all(len(s["audio_tags"]) <= 5 for s in result["segments"])
+    assert any(s["audio_tags"] for s in result["segments"])
 
 
 def test_tags_only_equals_the_tags_of_transcription(model, speech):
