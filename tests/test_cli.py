@@ -41,6 +41,8 @@ def test_transcribe_and_tag_writes_every_format(tmp_path, head_file, speech_file
             "all",
             "--temperature",
             "0",
+            "--threshold",
+            "0",
         ]
     )
     assert code == 0

@@ -36,7 +36,7 @@ def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         ("--top-k", "0", "whole number >= 1"),
         ("--threshold", "1.5", "probability in [0, 1]"),
         ("--threshold", "-0.1", "probability in [0, 1]"),
-        ("--threshold", "auto", "probability in [0, 1]"),
+        ("--threshold", "high", "auto or a probability in [0, 1]"),
     ],
 )
 def test_bad_option_values_are_usage_errors(command, option, value, message, tmp_path, capsys):
@@ -51,6 +51,8 @@ def test_good_values_on_the_edges_pass_the_checks(tmp_path, capsys):
     argv = [SPEECH, "--at-time-res", "0.4", "--threshold", "1", "--top-k", "1", *NO_MODEL]
     assert main([*argv, "--batch-size", "1", "--output-dir", str(tmp_path)]) == 2
     assert "unknown Whisper model 'no-such-model'" in capsys.readouterr().err  # got as far
+    assert main([*argv, "--threshold", "auto", "--output-dir", str(tmp_path)]) == 2
+    assert "unknown Whisper model 'no-such-model'" in capsys.readouterr().err
 
 
 def test_tag_writes_only_json_and_tags(tmp_path, capsys):

@@ -81,7 +81,9 @@ def test_long_audio_one_encoder_pass_per_window_and_tags_on_the_grid(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     duration = len(long_speech) / 16000
     assert result["audio_tag"].shape == (math.ceil(duration / 2.0), 527)
-    assert all(len(s["audio_tags"]) == 5 for s in result["segments"])
+    # up to 5 per segment, those over their class's threshold (threshold "auto")
+    assert all(len(s["audio_tags"]) <= 5 for s in result["segments"])
+    assert any(s["audio_tags"] for s in result["segments"])
     assert view(result["segments"]) == faster_view(
         faster, long_speech, temperature=0.0, beam_size=1
     )

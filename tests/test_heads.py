@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from whisper_at.heads import (
@@ -16,6 +17,7 @@ from whisper_at.heads import (
     TaggingHead,
     import_reference_head,
     load_head,
+    rewrite_head_config,
     save_head,
 )
 from whisper_at.labels import audioset_labels
@@ -154,6 +156,30 @@ def test_every_head_saves_and_loads_identically(tmp_path, head_type):
     with torch.no_grad():
         assert torch.equal(head(features), loaded(features))
         assert head(features).shape == (3, 527)
+
+
+def test_thresholds_and_held_out_sources_round_trip_and_keep_the_tensors(tmp_path):
+    thresholds = [0.5] * 527
+    thresholds[0], thresholds[137] = 0.75, 0.2
+    config = make_config("tl_tr", 4, 384, thresholds=thresholds, held_out_sources=["pkg:a=1"])
+    head = TaggingHead(config).eval()
+    path = tmp_path / "head.safetensors"
+    save_head(head, path)
+    loaded = load_head(path)
+    assert loaded.config.thresholds == thresholds
+    assert loaded.config.held_out_sources == ["pkg:a=1"]
+    # a config without them (every head saved before they existed) loads with None
+    plain = tmp_path / "plain.safetensors"
+    rewrite_head_config(path, plain, dataclasses.replace(config, thresholds=None))
+    assert load_head(plain).config.thresholds is None
+    with safe_open(str(path), "pt") as a, safe_open(str(plain), "pt") as b:
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+    with pytest.raises(HeadError, match="2 thresholds for 527 classes"):
+        make_config("tl_tr", 4, 384, thresholds=[0.5, 0.5])
+    with pytest.raises(HeadError, match=r"probabilities in \[0, 1\]"):
+        make_config("tl_tr", 4, 384, thresholds=[1.5] * 527)
+    with pytest.raises(HeadError, match="does not match its head config"):
+        rewrite_head_config(path, plain, make_config("tl_tr", 4, 256))
 
 
 def test_head_checks_its_input_shape():

@@ -104,7 +104,9 @@ def test_tags_cover_long_audio_on_the_absolute_grid(model, long_speech, caplog):
     assert parsed[-1]["time"] == {"start": 98.0, "end": 100.0}  # the reference's grid
     last = whisper_at.TaggingResult.from_result(result).window_bounds(len(parsed) - 1)
     assert last == (98.0, pytest.approx(duration))  # the typed API keeps the true end
-    assert all(len(s["audio_tags"]) == 5 for s in result["segments"])
+    # up to 5 per segment, those over their class's threshold (threshold "auto")
+    assert all(len(s["audio_tags"]) <= 5 for s in result["segments"])
+    assert any(s["audio_tags"] for s in result["segments"])
 
 
 def test_tags_only_equals_the_tags_of_transcription(model, speech):

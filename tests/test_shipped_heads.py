@@ -6,12 +6,16 @@ listed in docs/results.md), so no clip of them was seen in training: a dog bark,
 piano phrase, female and male speech.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import whisper_at
+from whisper_at.audio import load_audio
 from whisper_at.pipeline import shipped_head_path
 from whisper_at_research.corpus import find_recordings
+from whisper_at_research.corpus.registry import fetch_debian_package
 
 GCOMPRIS = "gcompris/src/activities"
 HELD_OUT = {
@@ -85,3 +89,42 @@ def test_shipped_heads_carry_their_provenance():
         assert config.head_type in ("tl_tr", "tl_tr_low") and config.window_seconds == 10.0
         assert 100 < len(config.reported_classes) < 527  # only classes with training data
         assert config.metrics["mAP"] > 0.3
+
+
+# Classes plain speech may be tagged with: speech itself and what the corpus's speech
+# recordings carry with it (Narration for read prompts).
+SPEECH_CLASSES = {
+    "Speech",
+    MALE,
+    FEMALE,
+    "Narration, monologue",
+    "Conversation",
+    "Speech synthesizer",
+}
+ASTERISK_SILENCE = "usr/share/asterisk/sounds/en_US_f_Allison/silence/10.g722"
+READING = Path(__file__).parent.parent / "examples" / "librivox_sense_and_sensibility.wav"
+
+
+@pytest.fixture(scope="module")
+def quiet_recording() -> np.ndarray:
+    """Asterisk's 10 s silence prompt (real line noise, peak -67 dBFS), three times over."""
+    folder = fetch_debian_package("asterisk-core-sounds-en-g722", "1.6.1-1")
+    return np.tile(load_audio(folder / ASTERISK_SILENCE, format="g722"), 3)
+
+
+@pytest.mark.parametrize("at_low_compute", [False, True])
+def test_shipped_tiny_head_tags_nothing_on_silence_and_only_speech_on_speech(
+    quiet_recording, at_low_compute
+):
+    """With threshold "auto" noise-level tags (silence's Music 0.13) are not listed."""
+    model = whisper_at.load_model("tiny.en", device="cpu", at_low_compute=at_low_compute)
+    assert model.head.config.thresholds is not None
+    for name, audio in [("zeros", np.zeros(30 * 16000, np.float32)), ("quiet", quiet_recording)]:
+        tags = [t for w in model.tag(audio).windows(top_k=10) for t in w.tags]
+        assert not tags, (name, [(t.label, round(t.probability, 3)) for t in tags])
+    windows = model.tag(READING).windows(top_k=10)
+    labels = [t.label for w in windows for t in w.tags]
+    assert "Speech" in labels
+    assert set(labels) <= SPEECH_CLASSES, [
+        [(t.label, round(t.probability, 3)) for t in w.tags] for w in windows
+    ]

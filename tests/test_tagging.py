@@ -9,6 +9,7 @@ from whisper_at.audio import load_audio
 from whisper_at.labels import LabelSet, audioset_labels
 from whisper_at.pipeline import WhisperAT, load_model
 from whisper_at.tagging import (
+    AUTO_THRESHOLD_FALLBACK,
     AudioTooShortError,
     TagAccumulator,
     TaggingResult,
@@ -166,3 +167,42 @@ def test_one_mel_frame_is_enough_to_tag(model, tmp_audio):
     clip = tmp_audio(load_audio(SPEECH)[8000:8160], 16000)
     tagging = model.tag(clip)
     assert tagging.logits.shape == (1, 527) and tagging.duration == 0.01
+
+
+def test_auto_threshold_filters_each_class_by_its_own_threshold():
+    labels = LabelSet.custom(["siren", "horn", "engine"])
+    probabilities = torch.tensor([[0.9, 0.6, 0.3], [0.15, 0.05, 0.35]])
+    tagging = TaggingResult(
+        logits=torch.logit(probabilities),
+        at_time_res=10.0,
+        duration=20.0,
+        labels=labels,
+        reported_classes=[0, 1, 2],
+        thresholds=[0.95, 0.5, 0.25],
+    )
+    # siren 0.9 is under its 0.95, engine 0.3 over its 0.25: the order stays by probability
+    shown = [[t.label for t in w.tags] for w in tagging.windows()]
+    assert shown == [["horn", "engine"], ["engine"]]
+    assert [t.label for t in tagging.windows(top_k=1)[0].tags] == ["horn"]  # not hidden by siren
+    assert [t.label for t in tagging.span_tags(0.0, 20.0)] == ["horn", "engine"]
+    # a number still applies to every class
+    assert [t.label for t in tagging.windows(threshold=0.1)[1].tags] == ["engine", "siren"]
+    # the thresholds travel through a transcription result
+    roundtrip = TaggingResult.from_result(tagging.to_result_fields())
+    assert roundtrip.thresholds == [0.95, 0.5, 0.25]
+    assert roundtrip.windows() == tagging.windows()
+    with pytest.raises(ValueError, match="auto"):
+        tagging.windows(threshold=1.5)
+
+
+def test_auto_threshold_without_head_thresholds_is_the_documented_fallback():
+    labels = LabelSet.custom(["siren", "horn"])
+    tagging = TaggingResult(
+        logits=torch.logit(torch.tensor([[AUTO_THRESHOLD_FALLBACK + 0.01, 0.13]])),
+        at_time_res=10.0,
+        duration=10.0,
+        labels=labels,
+        reported_classes=[0, 1],
+    )
+    assert [t.label for t in tagging.windows()[0].tags] == ["siren"]
+    assert len(tagging.windows(threshold=0.0)[0].tags) == 2

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import wave
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from whisper_at.audio import load_audio, window_log_mel
 from whisper_at.heads import HEAD_TYPES, HeadConfig, HeadError, TaggingHead, load_head
 from whisper_at.labels import audioset_labels
 from whisper_at.pipeline import WhisperAT
-from whisper_at.tagging import TagAccumulator
+from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK, TagAccumulator
 from whisper_at.weights import load_whisper
 from whisper_at_research.training import (
     FeatureStoreError,
@@ -36,8 +37,21 @@ from whisper_at_research.training import (
     tagging_metrics,
     train_head,
 )
-from whisper_at_research.training.cli import evaluate_main, features_main, train_main
+from whisper_at_research.training.calibrate import choose_thresholds
+from whisper_at_research.training.cli import (
+    calibrate_main,
+    evaluate_main,
+    features_main,
+    train_main,
+)
+from whisper_at_research.training.evaluate import report_markdown
 from whisper_at_research.training.features import pack_window
+from whisper_at_research.training.metrics import calibration, f1_optimal_threshold
+from whisper_at_research.training.source_split import (
+    choose_held_out_sources,
+    source_splits,
+    with_scheme,
+)
 from whisper_at_research.training.train import lr_factor, lr_schedule, sample_weights
 
 SR = 16000
@@ -86,7 +100,11 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, librivox_clips, asterisk_prompts):
-    """31 clips (6 kinds x 5, one extra test clip): wav files and their row data."""
+    """31 clips (6 kinds x 5, one extra test clip): wav files and their row data.
+
+    Sources: the train clips of rank 0, 1, 2 come from packages lab-0..lab-2, valid from
+    lab-3, test from lab-0, the extra test clip mixes lab-1 and lab-2.
+    """
     folder = tmp_path_factory.mktemp("clips")
     rng = np.random.default_rng(0)
     male = [load_audio(c.path) for c in librivox_clips]
@@ -118,20 +136,41 @@ def dataset(tmp_path_factory, librivox_clips, asterisk_prompts):
         "sine_speech": lambda: 0.5 * sine() + talk(male),
     }
     rows = []
-    for split, n in SPLIT_SIZES.items():
-        for k in range(n):
-            for kind in KINDS:
-                path = write_wav(folder / f"{split}-{kind}-{k}.wav", make[kind]())
-                rows.append({"path": path.name, "kind": kind, "split": split, "rec": path.stem})
+    for i, (split, k) in enumerate((s, k) for s, n in SPLIT_SIZES.items() for k in range(n)):
+        for kind in KINDS:
+            path = write_wav(folder / f"{split}-{kind}-{k}.wav", make[kind]())
+            rows.append(
+                {
+                    "path": path.name,
+                    "kind": kind,
+                    "split": split,
+                    "rec": path.stem,
+                    "source": [f"lab-{i % 4}"],
+                }  # fmt: skip
+            )
     extra = write_wav(folder / "test-sine-extra.wav", make["sine"]())
-    rows.append({"path": extra.name, "kind": "sine", "split": "test", "rec": extra.stem})
+    rows.append(  # a mix of two packages
+        {
+            "path": extra.name,
+            "kind": "sine",
+            "split": "test",
+            "rec": extra.stem,
+            "source": ["lab-1", "lab-2"],
+        }  # fmt: skip
+    )
     order = rng.permutation(len(rows) - 1).tolist() + [len(rows) - 1]  # extra clip stays last
     return folder, [rows[i] for i in order]
 
 
 def manifest_rows(rows: list[dict], labels: dict[str, list[str]], splits=None) -> list[dict]:
     return [
-        {"path": r["path"], "labels": labels[r["kind"]], "split": r["split"], "recording": r["rec"]}
+        {
+            "path": r["path"],
+            "labels": labels[r["kind"]],
+            "split": r["split"],
+            "recording": r["rec"],
+            "source": r["source"],
+        }  # fmt: skip
         for r in rows
         if splits is None or r["split"] in splits
     ]
@@ -239,6 +278,19 @@ def test_manifest_errors_name_the_problem(tmp_path):
     clips = read_manifest(write_manifest(tmp_path / "c.jsonl", rows))
     assert labels_from_manifest(clips).names == ("a", "b", "c")
     assert clips[0].path == str(tmp_path / "a.wav") and clips[0].split == "train"
+    assert clips[0].sources == ()  # manifests without "source" read as before
+
+
+def test_manifest_sources_are_a_package_or_a_list(tmp_path):
+    rows = [
+        {"path": "a.wav", "source": "debian:flite=2.2-5"},
+        {"path": "b.wav", "source": ["pypi:b==1", "debian:a=1"]},
+    ]
+    clips = read_manifest(write_manifest(tmp_path / "s.jsonl", rows))
+    assert [c.sources for c in clips] == [("debian:flite=2.2-5",), ("debian:a=1", "pypi:b==1")]
+    bad = write_manifest(tmp_path / "bad.jsonl", [{"path": "a.wav", "source": 3}])
+    with pytest.raises(ManifestError, match="bad.jsonl:1: 'source' must be"):
+        read_manifest(bad)
 
 
 def test_corpus_builder_rows_are_accepted(tmp_path):
@@ -500,3 +552,159 @@ def test_a_head_on_the_first_blocks_stops_the_encoder_there(store, dataset, load
         WhisperAT(loaded, TaggingHead(dataclasses.replace(head.config, encoder_layers=6)))
     with pytest.raises(HeadError, match="cannot read 5 of 4 blocks"):
         dataclasses.replace(head.config, n_layer=5)
+
+
+# -- the held-out-source split ---------------------------------------------------------------
+def test_held_out_source_split_assigns_whole_packages(store):
+    _, features, _ = store
+    data = load_features(features)
+    # lab-0 holds 12 of 31 clips (over 30%); lab-3 is the smallest package that gives every
+    # class a held-out package
+    assert choose_held_out_sources(data) == ("lab-3",)
+    split = source_splits(data)
+    assert Counter(split.splits) == {"train": 18, "valid": 7, "test": 6}
+    sides = {"test": set(), "rest": set()}
+    for packages, side in zip(data.sources, split.splits, strict=True):
+        sides["test" if side == "test" else "rest"] |= set(packages)
+    assert sides["test"] == {"lab-3"} and not sides["test"] & sides["rest"]
+    names = [data.labels.names[c] for c in split.covered]
+    assert set(names) == {name for kind in KINDS.values() for name in kind}
+    # held out by hand: the clip that mixes lab-1 and lab-2 goes to neither side
+    by_hand = source_splits(data, ["lab-2"])
+    extra = data.ids.index(next(i for i in data.ids if "extra" in i))
+    assert by_hand.splits[extra] is None
+    assert Counter(by_hand.splits) == {"train": 12, "valid": 12, "test": 6, None: 1}
+    for packages, side in zip(data.sources, by_hand.splits, strict=True):
+        assert ("lab-2" in packages) == (side in ("test", None))
+    with pytest.raises(FeatureStoreError, match="no clip of this store comes from"):
+        source_splits(data, ["lab-9"])
+
+
+def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):
+    _, features, _ = store
+    head = tmp_path / "held-out.safetensors"
+    assert train_main([str(features), "--out", str(head), "--epochs", "12", "--lr", "1e-3",
+                       "--batch-size", "8", "--split-scheme", "source",
+                       "--no-progress"]) == 0  # fmt: skip
+    assert load_head(head).config.held_out_sources == ["lab-3"]
+    curves = json.loads(head.with_name(head.name + ".curves.json").read_text())
+    assert curves["n_train"] == 18 and curves["n_valid"] == 7
+    capsys.readouterr()
+    out = tmp_path / "both.json"
+    assert evaluate_main([str(head), "--features", str(features), "--out", str(out),
+                          "--no-progress"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "test by recording: 7 clips" in printed
+    assert "test held-out sources (trained without them): 6 clips" in printed
+    report = json.loads(out.read_text())
+    held = report["held_out_source"]
+    assert held["available"] and held["held_out_sources"] == ["lab-3"]
+    assert held["trained_without_them"] and held["n_clips"] == 6 and held["mAP"] is not None
+    assert 0 <= held["calibration"]["ece"] <= 1
+    assert sum(b["count"] for b in held["calibration"]["bins"]) == 6 * held["n_classes_evaluated"]
+    text = out.with_suffix(".md").read_text()
+    assert "| held-out sources | 6 |" in text and "trained without them" in text
+    # a head trained on every package is flagged: its number does not measure unseen sources
+    recording = evaluate_head(trained.path, features, progress=False)
+    assert recording["held_out_source"]["trained_without_them"] is False
+    assert "does not measure unseen sources" in report_markdown(recording)
+
+
+def test_a_store_without_sources_says_why_it_has_no_source_split(trained, store, tmp_path):
+    """A format 1 store (before sources were recorded) still evaluates by recording."""
+    _, features, _ = store
+    old = tmp_path / "format1"
+    shutil.copytree(features, old)
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    for sidecar in old.glob("shard-*.json"):
+        side = json.loads(sidecar.read_text())
+        del side["sources"]
+        sidecar.write_text(json.dumps(side))
+    data = load_features(old)
+    assert data.sources is None
+    with pytest.raises(FeatureStoreError, match="before feature format 2"):
+        with_scheme(data, "source")
+    report = evaluate_head(trained.path, old, progress=False)
+    assert report["n_clips"] == 7
+    assert not report["held_out_source"]["available"]
+    assert "extract the features again" in report["held_out_source"]["reason"]
+
+
+# -- decision thresholds and calibration -----------------------------------------------------
+def test_f1_optimal_threshold_on_known_scores():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.3])
+    targets = np.array([1, 0, 1, 0, 0])
+    # >= 0.9: F1 2/3; >= 0.8: 1/2; >= 0.7: 4/5; >= 0.6: 2/3; >= 0.3: 4/7
+    threshold, f1 = f1_optimal_threshold(targets, scores)
+    assert threshold == 0.7 and f1 == pytest.approx(0.8)
+    # a tie (F1 2/3 at >= 0.9 and at >= 0.6) goes to the higher threshold
+    tie = f1_optimal_threshold(np.array([1, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.6]))
+    assert tie == (0.9, pytest.approx(2 / 3))
+    # with a tolerance: the highest threshold within it of the best (0.9, F1 2/3 of 4/5)
+    assert f1_optimal_threshold(targets, scores, tolerance=0.15)[0] == 0.9
+    # equal scores are one candidate
+    assert f1_optimal_threshold(np.array([1, 1, 0]), np.array([0.4, 0.4, 0.4]))[0] == 0.4
+    with pytest.raises(ValueError, match="positive"):
+        f1_optimal_threshold(np.array([0, 0]), np.array([0.1, 0.2]))
+
+
+def test_calibration_error_on_known_scores():
+    targets = np.array([[1, 0], [0, 0]])
+    scores = np.array([[0.95, 0.05], [0.85, 0.15]])
+    cal = calibration(targets, scores, n_bins=10)
+    # bin 0.0-0.1: 0.05 vs 0; 0.1-0.2: 0.15 vs 0; 0.8-0.9: 0.85 vs 0; 0.9-1.0: 0.95 vs 1
+    assert cal["ece"] == pytest.approx((0.05 + 0.15 + 0.85 + 0.05) / 4)
+    assert [b["count"] for b in cal["bins"]] == [1, 1, 0, 0, 0, 0, 0, 0, 1, 1]
+    assert cal["bins"][9]["observed"] == 1.0 and "observed" not in cal["bins"][5]
+
+
+def test_thresholds_are_chosen_per_class_with_a_fallback():
+    targets = np.zeros((10, 3), dtype=np.uint8)
+    targets[:6, 0] = 1  # 6 positives: its own threshold
+    targets[:2, 1] = 1  # 2 positives: the fallback
+    scores = np.tile(np.linspace(0.95, 0.05, 10)[:, None], (1, 3))
+    thresholds, rows = choose_thresholds(targets, scores, [0, 1], min_positives=5, floor=0.2)
+    assert thresholds[0] == pytest.approx(scores[5, 0])  # the sixth-highest score, F1 1
+    assert thresholds[1] == AUTO_THRESHOLD_FALLBACK and thresholds[2] == AUTO_THRESHOLD_FALLBACK
+    assert [r["rule"] for r in rows] == ["f1", "fallback: few positives"]
+    floored, _ = choose_thresholds(targets, scores * 0.1, [0], min_positives=5, floor=0.2)
+    assert floored[0] == 0.2
+    # a class the scores do not separate (best F1 1/3, "tag everything") gets the fallback
+    noise = np.zeros((10, 1), dtype=np.uint8)
+    noise[[5, 9], 0] = 1
+    weak, rows = choose_thresholds(noise, scores[:, :1], [0], min_positives=2, min_f1=0.5)
+    assert weak == [AUTO_THRESHOLD_FALLBACK] and rows[0]["rule"] == "fallback: low F1"
+    # the tolerance takes the highest threshold within it of the best F1
+    flat = np.array([1, 0, 1, 1, 1, 1, 0, 0, 0, 0], dtype=np.uint8)[:, None]
+    exact, _ = choose_thresholds(flat, scores[:, :1], [0], min_positives=1, tolerance=0.0)
+    near, rows = choose_thresholds(flat, scores[:, :1], [0], min_positives=1, tolerance=0.12)
+    assert exact[0] == pytest.approx(scores[5, 0])  # F1 10/11
+    assert near[0] == pytest.approx(scores[4, 0]) and rows[0]["f1"] == pytest.approx(0.8)
+
+
+def test_calibrate_stores_thresholds_and_keeps_the_weights(trained, store, tmp_path, capsys):
+    _, features, _ = store
+    out = tmp_path / "calibrated.safetensors"
+    assert calibrate_main([str(trained.path), "--features", str(features), "--out", str(out),
+                           "--min-positives", "1"]) == 0  # fmt: skip
+    assert "ECE" in capsys.readouterr().out
+    before, after = load_head(trained.path), load_head(out)
+    assert before.config.thresholds is None  # heads from before thresholds load with none
+    thresholds = after.config.thresholds
+    assert thresholds is not None and len(thresholds) == after.config.n_classes
+    with safe_open(str(trained.path), "pt") as a, safe_open(str(out), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for key in a.keys():
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key))
+    assert dataclasses.replace(after.config, thresholds=None) == before.config
+    report = json.loads(out.with_name(out.name + ".thresholds.json").read_text())
+    assert {r["rule"] for r in report["classes"]} == {"f1"}
+    speech = audioset_labels().names.index("Speech")
+    assert (
+        thresholds[speech]
+        == next(r for r in report["classes"] if r["index"] == speech)["threshold"]
+    )
+    # the model's tags use them by default
+    model = whisper_at.load_model("tiny.en", device="cpu", head=out)
+    assert model.head.config.thresholds == thresholds

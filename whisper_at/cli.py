@@ -24,7 +24,7 @@ from .engines import ENGINES
 from .heads import HeadError
 from .labels import audioset_labels
 from .pipeline import FailedInput, WhisperAT, load_model
-from .tagging import TaggingResult, bins_per_window
+from .tagging import AUTO_THRESHOLD_FALLBACK, TaggingResult, Threshold, bins_per_window
 from .weights import WeightsError, available_models, known_models
 from .writers import OUTPUT_FORMATS, TagTable, write_outputs
 
@@ -75,14 +75,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _probability(text: str) -> float:
-    """A tag probability threshold; outside [0, 1] it would keep every tag or none."""
+def _threshold(text: str) -> Threshold:
+    """ "auto" (the head's per-class thresholds) or one probability; outside [0, 1] a number
+    would keep every tag or none."""
+    if text == "auto":
+        return "auto"
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected auto or a probability in [0, 1], got {text!r}")
     return value
 
 
@@ -122,7 +125,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=_positive_int, default=5, help="tags per window")
     parser.add_argument(
-        "--threshold", type=_probability, default=0.0, help="minimum tag probability, 0 to 1"
+        "--threshold",
+        type=_threshold,
+        default="auto",
+        help="minimum tag probability: auto (each class's threshold stored in the head, "
+        f"{AUTO_THRESHOLD_FALLBACK} for a head without them) or one number from 0 to 1",
     )
     parser.add_argument("--output-dir", default=".", help="where output files go")
     parser.add_argument(
@@ -202,7 +209,7 @@ def build_tag_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_tags(tagging: TaggingResult, top_k: int, threshold: float) -> None:
+def _print_tags(tagging: TaggingResult, top_k: int, threshold: Threshold) -> None:
     for window in tagging.windows(top_k=top_k, threshold=threshold):
         tags = ", ".join(f"{t.label} {t.probability:.2f}" for t in window.tags) or "-"
         print(f"[{window.start:7.1f}s -> {window.end:7.1f}s] {tags}")

@@ -76,6 +76,10 @@ class HeadConfig:
     encoder_input_seconds: float = 30.0  # 10.0 when the encoder input was trimmed
     metrics: dict[str, float] = field(default_factory=dict)
     encoder_layers: int | None = None  # the Whisper model's blocks (None: n_layer, all)
+    # per-class decision thresholds (probabilities) chosen on validation data by
+    # `whisper-at calibrate`; None: the head has none and "auto" uses a fixed default
+    thresholds: list[float] | None = None
+    held_out_sources: list[str] | None = None  # source packages kept out of its training
 
     def __post_init__(self) -> None:
         if self.head_type not in HEAD_TYPES:
@@ -86,6 +90,13 @@ class HeadConfig:
             raise HeadError("label_names and label_ids differ in length")
         if self.encoder_layers is not None and not 0 < self.n_layer <= self.encoder_layers:
             raise HeadError(f"a head cannot read {self.n_layer} of {self.encoder_layers} blocks")
+        if self.thresholds is not None:
+            if len(self.thresholds) != self.n_classes:
+                raise HeadError(
+                    f"the head has {len(self.thresholds)} thresholds for {self.n_classes} classes"
+                )
+            if not all(0.0 <= t <= 1.0 for t in self.thresholds):
+                raise HeadError("head thresholds must be probabilities in [0, 1]")
 
     def check_encoder(self, n_layer: int, d_model: int, what: str) -> None:
         """Raise :class:`HeadError` unless features of this encoder (``what``) fit the head."""
@@ -184,6 +195,17 @@ def save_head(head: TaggingHead, path: str | os.PathLike) -> None:
     """Write weights and config to one safetensors file (no pickle)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     save_file(tensors, str(path), metadata={_CONFIG_KEY: head.config.to_json()})
+
+
+def rewrite_head_config(src: str | os.PathLike, dst: str | os.PathLike, config: HeadConfig) -> None:
+    """Write ``src``'s tensors unchanged (same dtype and bytes) with a new config to ``dst``.
+
+    For adding what does not change the weights, such as per-class thresholds.
+    """
+    with safe_open(str(src), framework="pt", device="cpu") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    _load_state(TaggingHead(config), tensors, str(src))  # the config must fit them
+    save_file(tensors, str(dst), metadata={_CONFIG_KEY: config.to_json()})
 
 
 def load_head(path: str | os.PathLike, device: str | torch.device = "cpu") -> TaggingHead:

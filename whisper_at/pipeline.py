@@ -311,6 +311,7 @@ class WhisperAT:
             duration=n_samples / SAMPLE_RATE,
             labels=head.config.labels,
             reported_classes=head.config.reported_classes,
+            thresholds=head.config.thresholds,
         )
 
     def _new_accumulator(self, at_time_res: float) -> TagAccumulator | None:

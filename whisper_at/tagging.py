@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
@@ -32,6 +32,10 @@ MEL_FRAMES_PER_ENCODER_FRAME = 2  # conv2 has stride 2
 ENCODER_FRAMES_PER_BIN = 20  # the paper's 20x mean pooling
 MEL_FRAMES_PER_BIN = MEL_FRAMES_PER_ENCODER_FRAME * ENCODER_FRAMES_PER_BIN
 BIN_SECONDS = MEL_FRAMES_PER_BIN / MEL_FRAMES_PER_SECOND  # 0.4 s
+# Threshold "auto" means the head's per-class thresholds; a head without them gets this one.
+# Chosen from measurements of the shipped heads (docs/results.md, "Decision thresholds").
+AUTO_THRESHOLD_FALLBACK = 0.5
+Threshold = float | Literal["auto"]
 # Only whole 10 ms mel frames are audio to the encoder; shorter input leaves the head nothing.
 MIN_TAG_SAMPLES = HOP_LENGTH  # 160 samples at 16 kHz
 
@@ -175,6 +179,7 @@ class TaggingResult:
     duration: float
     labels: LabelSet
     reported_classes: list[int]
+    thresholds: list[float] | None = None  # the head's per-class thresholds, for "auto"
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -183,7 +188,8 @@ class TaggingResult:
     def __repr__(self) -> str:
         """A summary: the dataclass repr would print every logit and all the label names."""
         n_windows = self.logits.shape[0]
-        top = self._top(self.logits.max(dim=0).values, 1, 0.0, None) if n_windows else []
+        everything = self.class_thresholds(0.0)
+        top = self._top(self.logits.max(dim=0).values, 1, everything, None) if n_windows else []
         best = f"{top[0].label!r} {top[0].probability:.2f}" if top else None
         return (
             f"TaggingResult(windows={n_windows}, duration={self.duration:.2f}, "
@@ -194,19 +200,41 @@ class TaggingResult:
     def window_bounds(self, i: int) -> tuple[float, float]:
         return i * self.at_time_res, min((i + 1) * self.at_time_res, self.duration)
 
+    def class_thresholds(self, threshold: Threshold = "auto") -> torch.Tensor:
+        """Per-class probability thresholds: a number for all, or "auto".
+
+        "auto" is the head's own thresholds (chosen on validation data), or
+        ``AUTO_THRESHOLD_FALLBACK`` for every class when the head has none.
+        """
+        n = len(self.labels)
+        if threshold == "auto":
+            if self.thresholds is None:
+                return torch.full((n,), AUTO_THRESHOLD_FALLBACK)
+            return torch.tensor(self.thresholds, dtype=torch.float32)
+        if isinstance(threshold, str) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(
+                f'threshold must be "auto" or a probability in [0, 1], got {threshold!r}'
+            )
+        return torch.full((n,), float(threshold))
+
     def windows(
-        self, top_k: int = 5, threshold: float = 0.0, names: Sequence[str] | None = None
+        self, top_k: int = 5, threshold: Threshold = "auto", names: Sequence[str] | None = None
     ) -> list[TagWindow]:
-        """Per window, up to ``top_k`` reported classes with probability >= ``threshold``."""
+        """Per window, up to ``top_k`` reported classes over their threshold.
+
+        ``threshold``: "auto" (the head's per-class thresholds) or one probability for all;
+        a tag is kept when its probability is >= the threshold.
+        """
+        thresholds = self.class_thresholds(threshold)
         return [
             TagWindow(
-                *self.window_bounds(i), tags=self._top(self.logits[i], top_k, threshold, names)
+                *self.window_bounds(i), tags=self._top(self.logits[i], top_k, thresholds, names)
             )
             for i in range(self.logits.shape[0])
         ]
 
     def span_tags(
-        self, start: float, end: float, top_k: int = 5, threshold: float = 0.0
+        self, start: float, end: float, top_k: int = 5, threshold: Threshold = "auto"
     ) -> list[Tag]:
         """Tags for a time span (an ASR segment): max over the windows it overlaps."""
         first = int(start // self.at_time_res)
@@ -214,22 +242,27 @@ class TaggingResult:
         rows = self.logits[first : last + 1]
         if rows.shape[0] == 0:
             return []
-        return self._top(rows.max(dim=0).values, top_k, threshold, None)
+        return self._top(rows.max(dim=0).values, top_k, self.class_thresholds(threshold), None)
 
     def _top(
-        self, logits: torch.Tensor, top_k: int, threshold: float, names: Sequence[str] | None
+        self,
+        logits: torch.Tensor,
+        top_k: int,
+        thresholds: torch.Tensor,
+        names: Sequence[str] | None,
     ) -> list[Tag]:
+        """The ``top_k`` most probable reported classes among those over their threshold."""
         names = names or self.labels.names
         candidates = torch.tensor(self.reported_classes, dtype=torch.long)
-        scores = logits[candidates]
+        scores = logits[candidates].double()
+        over = torch.sigmoid(scores) >= thresholds[candidates].double()
+        candidates, scores = candidates[over], scores[over]
         order = torch.argsort(scores, descending=True)[:top_k]
         tags = []
         for j in order.tolist():
             index = int(candidates[j])
             logit = float(scores[j])
-            probability = 1.0 / (1.0 + math.exp(-logit))
-            if probability >= threshold:
-                tags.append(Tag(names[index], index, probability, logit))
+            tags.append(Tag(names[index], index, 1.0 / (1.0 + math.exp(-logit)), logit))
         return tags
 
     def to_result_fields(self) -> dict[str, Any]:
@@ -240,6 +273,7 @@ class TaggingResult:
             "audio_tag_labels": list(self.labels.names),
             "audio_tag_label_ids": list(self.labels.ids),
             "audio_tag_classes": list(self.reported_classes),
+            "audio_tag_thresholds": self.thresholds,
             "duration": self.duration,
         }
 
@@ -263,4 +297,5 @@ class TaggingResult:
             duration=float(result.get("duration", logits.shape[0] * res)),
             labels=labels,
             reported_classes=list(result.get("audio_tag_classes") or range(len(labels))),
+            thresholds=result.get("audio_tag_thresholds"),
         )

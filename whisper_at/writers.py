@@ -12,17 +12,21 @@ from typing import Any
 import torch
 from whisper.utils import get_writer
 
-from .tagging import TaggingResult
+from .tagging import TaggingResult, Threshold
 
 TRANSCRIPT_FORMATS = ("txt", "srt", "vtt", "tsv")
 OUTPUT_FORMATS = (*TRANSCRIPT_FORMATS, "json", "tags")
 
 
-def tag_windows_json(tagging: TaggingResult, top_k: int, threshold: float) -> list[dict[str, Any]]:
+def tag_windows_json(
+    tagging: TaggingResult, top_k: int, threshold: Threshold
+) -> list[dict[str, Any]]:
     return [asdict(window) for window in tagging.windows(top_k=top_k, threshold=threshold)]
 
 
-def json_ready(result: dict[str, Any], top_k: int = 5, threshold: float = 0.0) -> dict[str, Any]:
+def json_ready(
+    result: dict[str, Any], top_k: int = 5, threshold: Threshold = "auto"
+) -> dict[str, Any]:
     """A transcription result with tensors turned into lists and readable tag windows added."""
     ready = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
     if result.get("audio_tag") is not None:
@@ -35,7 +39,7 @@ def json_ready(result: dict[str, Any], top_k: int = 5, threshold: float = 0.0) -
 TAG_COLUMNS = ["start", "end", "label", "probability", "logit"]
 
 
-def _tag_rows(tagging: TaggingResult, top_k: int, threshold: float) -> list[list[str]]:
+def _tag_rows(tagging: TaggingResult, top_k: int, threshold: Threshold) -> list[list[str]]:
     return [
         [
             f"{window.start:.1f}",
@@ -49,7 +53,7 @@ def _tag_rows(tagging: TaggingResult, top_k: int, threshold: float) -> list[list
     ]
 
 
-def write_tags_tsv(tagging: TaggingResult, path: Path, top_k: int, threshold: float) -> None:
+def write_tags_tsv(tagging: TaggingResult, path: Path, top_k: int, threshold: Threshold) -> None:
     """One row per (window, tag): start and end in seconds, label, probability, logit."""
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -64,7 +68,7 @@ class TagTable:
     keeps what it did.
     """
 
-    def __init__(self, path: str | os.PathLike, top_k: int, threshold: float) -> None:
+    def __init__(self, path: str | os.PathLike, top_k: int, threshold: Threshold) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.top_k, self.threshold = top_k, threshold
@@ -87,7 +91,7 @@ def write_outputs(
     output_dir: str | os.PathLike,
     formats: list[str],
     top_k: int = 5,
-    threshold: float = 0.0,
+    threshold: Threshold = "auto",
 ) -> list[Path]:
     """Write the chosen formats next to each other as ``<audio stem>.<ext>``; returns the paths."""
     out = Path(output_dir)

@@ -2,7 +2,7 @@
 
 Registered under the ``whisper_at.commands`` entry-point group (pyproject.toml), so
 the runtime's CLI finds them without importing this package: ``whisper-at corpus``,
-``features``, ``train``, ``evaluate`` and ``analyze``. Each takes the arguments after
+``features``, ``train``, ``evaluate``, ``calibrate`` and ``analyze``. Each takes the arguments after
 its name and returns an exit status; without the research extra it says what to install.
 """
 
@@ -54,6 +54,12 @@ def _evaluate(argv: list[str]) -> int:
     return evaluate_main(argv)
 
 
+def _calibrate(argv: list[str]) -> int:
+    from .training.cli import calibrate_main
+
+    return calibrate_main(argv)
+
+
 def _analyze(argv: list[str]) -> int:
     from .analysis.cli import main
 
@@ -65,4 +71,5 @@ corpus = _checked("corpus", False, _corpus)
 features = _checked("features", True, _features)
 train = _checked("train", True, _train)
 evaluate = _checked("evaluate", True, _evaluate)
+calibrate = _checked("calibrate", True, _calibrate)
 analyze = _checked("analyze", True, _analyze)

@@ -14,6 +14,9 @@ import traceback
 
 from whisper_at.heads import HEAD_TYPES
 from whisper_at.labels import LabelSet, audioset_labels
+from whisper_at.tagging import Threshold
+
+from .source_split import SPLIT_SCHEMES
 
 logger = logging.getLogger("whisper_at")
 USER_ERRORS = (OSError, ValueError, KeyError)  # FeatureStoreError, HeadError, ... are ValueErrors
@@ -43,6 +46,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _threshold(text: str) -> Threshold:
+    """ "auto" or a probability in [0, 1]."""
+    if text == "auto":
+        return "auto"
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected auto or a probability in [0, 1], got {text}")
+    return value
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def _label_set(args: argparse.Namespace) -> LabelSet:
@@ -146,6 +163,13 @@ def train_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="held out by recording when the store has no valid split (0: none)",
     )
+    p.add_argument(
+        "--split-scheme",
+        choices=SPLIT_SCHEMES,
+        default="recording",
+        help="recording: the store's splits; source: train without the held-out source "
+        "packages, so `evaluate` measures sources the head never saw",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -178,6 +202,7 @@ def train_main(argv: list[str] | None = None) -> int:
             lr_decay_step=args.lr_decay_step,
             average_last=args.average_last,
             valid_fraction=args.valid_fraction,
+            split_scheme=args.split_scheme,
             device=args.device,
             progress=not args.no_progress,
         )
@@ -199,7 +224,13 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="Whisper for --manifest (default: the head's)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--out", default="evaluation.json", help="report (.json; .md next to it)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability for confusions")
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        default="auto",
+        help="what counts as predicted (precision/recall, confusions): auto (the head's "
+        "per-class thresholds) or a probability",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", help="cpu or cuda, for feature extraction")
     p.add_argument("--no-progress", action="store_true")
@@ -231,13 +262,95 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
 
-        def fmt(x):
-            return "-" if x is None else f"{x:.4f}"
-
-        print(
-            f"{report['split']}: {report['n_clips']} clips, {report['n_classes_evaluated']} "
-            f"classes: mAP {fmt(report['mAP'])}, mAUC {fmt(report['mAUC'])}, "
-            f"d' {fmt(report['d_prime'])}; report in {args.out}"
-        )
+        rows = [("by recording", report)]
+        held = report["held_out_source"]
+        if held["available"]:
+            trained = (
+                "trained without them"
+                if held["trained_without_them"]
+                else ("NOT trained without them")
+            )
+            rows.append((f"held-out sources ({trained})", held))
+        for name, r in rows:
+            print(
+                f"{r['split']} {name}: {r['n_clips']} clips, {r['n_classes_evaluated']} classes: "
+                f"mAP {_fmt(r['mAP'])}, mAUC {_fmt(r['mAUC'])}, d' {_fmt(r['d_prime'])}, "
+                f"ECE {_fmt(r['calibration']['ece'] if r['calibration'] else None)}"
+            )
+        if not held["available"]:
+            print(f"no held-out-source split: {held['reason']}")
+        print(f"report in {args.out}")
 
     return _run(run, args, "whisper-at evaluate")
+
+
+# -- whisper-at calibrate --------------------------------------------------------------------
+def calibrate_parser() -> argparse.ArgumentParser:
+    from .calibrate import F1_TOLERANCE, MIN_F1, MIN_POSITIVES, THRESHOLD_FLOOR
+
+    p = argparse.ArgumentParser(
+        prog="whisper-at calibrate",
+        description="Store per-class decision thresholds (F1-optimal on a split) in a head, "
+        "and report its calibration there.",
+    )
+    p.add_argument("head", help="head checkpoint (.safetensors)")
+    p.add_argument("--features", required=True, help="feature store folder")
+    p.add_argument("--out", required=True, help="head with thresholds to write (may be HEAD)")
+    p.add_argument("--split", default="valid", choices=("train", "valid", "test"))
+    p.add_argument("--split-scheme", choices=SPLIT_SCHEMES, default="recording")
+    p.add_argument(
+        "--min-positives",
+        type=_positive_int,
+        default=MIN_POSITIVES,
+        help="positive clips a class needs for its own threshold (else the fallback)",
+    )
+    p.add_argument("--fallback", type=_threshold, default=None, help="default: auto's fallback")
+    p.add_argument("--floor", type=float, default=THRESHOLD_FLOOR, help="lowest threshold")
+    p.add_argument(
+        "--min-f1", type=float, default=MIN_F1, help="a class with a lower best F1: the fallback"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=F1_TOLERANCE,
+        help="take the highest threshold within this F1 of the best",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    args = calibrate_parser().parse_args(argv)
+
+    def run(args: argparse.Namespace) -> None:
+        from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK
+
+        from .calibrate import calibrate_head
+
+        fallback = AUTO_THRESHOLD_FALLBACK if args.fallback in (None, "auto") else args.fallback
+        report = calibrate_head(
+            args.head,
+            args.features,
+            args.out,
+            split=args.split,
+            split_scheme=args.split_scheme,
+            min_positives=args.min_positives,
+            fallback=fallback,
+            floor=args.floor,
+            min_f1=args.min_f1,
+            tolerance=args.tolerance,
+        )
+        own = sum(row["rule"] == "f1" for row in report["classes"])
+        cal = report["calibration"]
+        print(
+            f"wrote {report['out']}: {own} of {len(report['classes'])} classes with an "
+            f"(near-)F1-optimal threshold, the others {fallback}; on {report['split']} "
+            f"({report['n_clips']} clips) ECE {cal['ece']:.4f}"
+        )
+        for row in cal["bins"]:
+            print(
+                f"  p {row['low']:.1f}-{row['high']:.1f}: {row['count']:7d} scores, mean "
+                f"{_fmt(row.get('mean_probability'))}, observed {_fmt(row.get('observed'))}"
+            )
+
+    return _run(run, args, "whisper-at calibrate")

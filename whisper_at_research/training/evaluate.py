@@ -4,7 +4,13 @@ Reports mAP, mAUC and d' over the classes the head reports (its trained classes)
 that have positives in the split, per-class AP / AUC with names and positive
 counts, and a confusion summary: for each class, which other classes were scored
 above the threshold on its clips (and which outranked it), plus the most frequent
-(true, predicted) pairs overall. Written as JSON and as a Markdown table.
+(true, predicted) pairs overall, and calibration (expected calibration error and a
+reliability table). Written as JSON and as a Markdown table.
+
+Two splits are reported: the store's split by recording (the top-level keys), and the
+held-out-source split (``held_out_source``, see ``source_split.py``), whose number only
+means "packages it never saw" for a head trained with ``split_scheme="source"``; the
+report says whether the head was.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ import numpy as np
 import torch
 
 from whisper_at.heads import HeadError, TaggingHead, load_head
+from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK, Threshold
 
-from .features import FeatureStoreError, extract_features, load_features
-from .metrics import tagging_metrics
+from .features import FeatureSet, FeatureStoreError, extract_features, load_features
+from .metrics import calibration, tagging_metrics
+from .source_split import with_scheme
 from .train import predict
 
 
-def _align_targets(head: TaggingHead, store_ids: list[str], targets: torch.Tensor) -> np.ndarray:
+def align_targets(head: TaggingHead, store_ids: list[str], targets: torch.Tensor) -> np.ndarray:
     """Store targets re-indexed to the head's classes (by label id); absent classes are 0."""
     column = {ident: i for i, ident in enumerate(store_ids)}
     out = np.zeros((targets.shape[0], head.config.n_classes), dtype=np.uint8)
@@ -48,7 +56,7 @@ def evaluate_head(
     model: str | os.PathLike | None = None,
     split: str = "test",
     out: str | os.PathLike | None = None,
-    threshold: float = 0.5,
+    threshold: Threshold = "auto",
     batch_size: int = 8,
     device: str | None = None,
     progress: bool = True,
@@ -57,7 +65,9 @@ def evaluate_head(
 
     Give ``features_dir`` (a feature store), or ``manifest`` (and optionally ``model``,
     default the head's Whisper) to extract features first: into ``features_dir`` when
-    both are given (resumable), else into a temporary folder.
+    both are given (resumable), else into a temporary folder. ``threshold`` decides
+    what counts as predicted (precision/recall, confusions): "auto" is the head's
+    per-class thresholds (``AUTO_THRESHOLD_FALLBACK`` without them), or one probability.
     """
     head = head_path if isinstance(head_path, TaggingHead) else load_head(head_path)
     cfg = head.config
@@ -81,8 +91,9 @@ def evaluate_head(
                 labels=cfg.labels,
                 progress=progress,
             )
-        data = load_features(features_dir, splits=[split])
-        report = _evaluate(head, data, split, threshold)
+        data = load_features(features_dir)
+        report = _evaluate(head, data.split(split), split, threshold)
+        report["held_out_source"] = _held_out_source_report(head, data, split, threshold)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -96,7 +107,38 @@ def evaluate_head(
     return report
 
 
-def _evaluate(head: TaggingHead, data, split: str, threshold: float) -> dict:
+def _held_out_source_report(
+    head: TaggingHead, data: FeatureSet, split: str, threshold: Threshold
+) -> dict:
+    """The report on the held-out-source split, or why there is none."""
+    try:
+        relabelled, source = with_scheme(data, "source")
+        report = _evaluate(head, relabelled.split(split), split, threshold)
+    except FeatureStoreError as e:
+        return {"available": False, "reason": str(e)}
+    assert source is not None
+    excluded = set(head.config.held_out_sources or [])
+    names = head.config.label_names
+    return {
+        "available": True,
+        "held_out_sources": list(source.held_out),
+        "trained_without_them": set(source.held_out) <= excluded,
+        "covered_classes": [names[c] for c in source.covered],
+        "untrained_classes": [names[c] for c in source.untrained],
+        **report,
+    }
+
+
+def _class_thresholds(head: TaggingHead, threshold: Threshold) -> np.ndarray:
+    n = head.config.n_classes
+    if threshold != "auto":
+        return np.full(n, float(threshold))
+    if head.config.thresholds is None:
+        return np.full(n, AUTO_THRESHOLD_FALLBACK)
+    return np.asarray(head.config.thresholds, dtype=np.float64)
+
+
+def _evaluate(head: TaggingHead, data: FeatureSet, split: str, threshold: Threshold) -> dict:
     cfg = head.config
     meta = data.meta
     if len(data) == 0:
@@ -110,7 +152,7 @@ def _evaluate(head: TaggingHead, data, split: str, threshold: float) -> dict:
             f"{cfg.whisper_sha256[:12]}) than these ({meta['whisper_name']}, "
             f"{meta['whisper_sha256'][:12]})"
         )
-    targets = _align_targets(head, meta["label_ids"], data.targets)
+    targets = align_targets(head, meta["label_ids"], data.targets)
     scores = torch.sigmoid(predict(head, data.features)).numpy()
     reported = cfg.reported_classes
     positives = targets.sum(axis=0)
@@ -118,7 +160,8 @@ def _evaluate(head: TaggingHead, data, split: str, threshold: float) -> dict:
     untrained = [c for c in range(cfg.n_classes) if positives[c] > 0 and c not in set(reported)]
     m = tagging_metrics(targets, scores, evaluated)
     names, ids = cfg.label_names, cfg.label_ids
-    predicted = scores >= threshold
+    thresholds = _class_thresholds(head, threshold)
+    predicted = scores >= thresholds[None, :]
     per_class = []
     for row in m.per_class:
         c = row["index"]
@@ -129,19 +172,27 @@ def _evaluate(head: TaggingHead, data, split: str, threshold: float) -> dict:
                 **row,
                 "name": names[c],
                 "id": ids[c],
+                "threshold": float(thresholds[c]),
                 "precision_at_threshold": hits / n_pred if n_pred else None,
                 "recall_at_threshold": hits / row["positives"],
+                "f1_at_threshold": 2 * hits / (n_pred + row["positives"]),
             }
         )
     confusions, pairs = _confusions(targets, scores, predicted, evaluated, reported, names)
+    f1s = [row["f1_at_threshold"] for row in per_class]
     return {
         "split": split,
         "n_clips": len(data),
         "threshold": threshold,
+        "head_has_thresholds": cfg.thresholds is not None,
         "mAP": _num(m.mAP),
         "mAUC": _num(m.mAUC),
         "d_prime": _num(m.d_prime),
+        "macro_f1_at_threshold": float(np.mean(f1s)) if f1s else None,
         "n_classes_evaluated": m.n_classes,
+        "calibration": calibration(targets[:, evaluated], scores[:, evaluated])
+        if evaluated
+        else None,
         "per_class": per_class,
         "confusions": confusions,
         "top_confusions": pairs,
@@ -197,27 +248,90 @@ def _fmt(x: float | None) -> str:
 
 
 def report_markdown(report: dict) -> str:
-    """A readable summary of :func:`evaluate_head`'s report."""
+    """A readable summary of :func:`evaluate_head`'s report: both splits, then details."""
+    held = report.get("held_out_source") or {"available": False, "reason": "not computed"}
     lines = [
         f"# Evaluation of {report.get('head', 'head')} on split {report['split']!r}",
         "",
+        "| split | clips | classes | mAP | mAUC | d' | macro F1@t | ECE |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        _summary_row("by recording", report),
+    ]
+    if held["available"]:
+        lines.append(_summary_row("held-out sources", held))
+        lines += [
+            "",
+            f"Held-out sources: {', '.join(held['held_out_sources'])}. "
+            + (
+                "The head was trained without them."
+                if held["trained_without_them"]
+                else "**The head was trained on these sources too, so this row does not "
+                "measure unseen sources** (train one with `--split-scheme source`)."
+            ),
+            f"Classes only the held-out sources carry (untrained there): "
+            f"{', '.join(held['untrained_classes']) or '-'}.",
+        ]
+    else:
+        lines += ["", f"No held-out-source split: {held['reason']}"]
+    lines += ["", "## Split by recording", ""] + _details_markdown(report)
+    if held["available"]:
+        lines += ["", "## Held-out sources", ""] + _details_markdown(held)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_row(name: str, report: dict) -> str:
+    ece = report["calibration"]["ece"] if report.get("calibration") else None
+    return (
+        f"| {name} | {report['n_clips']} | {report['n_classes_evaluated']} | "
+        f"{_fmt(report['mAP'])} | {_fmt(report['mAUC'])} | {_fmt(report['d_prime'])} | "
+        f"{_fmt(report['macro_f1_at_threshold'])} | {_fmt(ece)} |"
+    )
+
+
+def _details_markdown(report: dict) -> list[str]:
+    threshold = report["threshold"]
+    if threshold == "auto":
+        threshold = "auto (" + (
+            "the head's per-class thresholds)"
+            if report["head_has_thresholds"]
+            else f"the head has none: {AUTO_THRESHOLD_FALLBACK} for every class)"
+        )
+    lines = [
         f"- clips: {report['n_clips']}; classes evaluated: {report['n_classes_evaluated']}",
         f"- mAP {_fmt(report['mAP'])}, mAUC {_fmt(report['mAUC'])}, d' {_fmt(report['d_prime'])}",
-        f"- threshold for the confusion summary: {report['threshold']}",
+        f"- threshold: {threshold}",
+    ]
+    if report.get("calibration"):
+        cal = report["calibration"]
+        lines += [
+            "",
+            f"Calibration over {cal['n_scores']} (clip, class) scores: expected calibration "
+            f"error {cal['ece']:.4f}.",
+            "",
+            "| probability | scores | mean probability | observed positives |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in cal["bins"]:
+            lines.append(
+                f"| {row['low']:.1f}-{row['high']:.1f} | {row['count']} | "
+                f"{_fmt(row.get('mean_probability'))} | {_fmt(row.get('observed'))} |"
+            )
+    lines += [
         "",
-        "## Per class (by AP)",
+        "### Per class (by AP)",
         "",
-        "| class | positives | AP | AUC | precision@t | recall@t |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| class | positives | AP | AUC | threshold | precision@t | recall@t |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sorted(report["per_class"], key=lambda r: -(r["ap"] or 0)):
         lines.append(
             f"| {row['name']} | {row['positives']} | {_fmt(row['ap'])} | {_fmt(row['auc'])} | "
-            f"{_fmt(row['precision_at_threshold'])} | {_fmt(row['recall_at_threshold'])} |"
+            f"{row['threshold']:.3f} | {_fmt(row['precision_at_threshold'])} | "
+            f"{_fmt(row['recall_at_threshold'])} |"
         )
     lines += [
         "",
-        "## Confusions",
+        "### Confusions",
         "",
         "| true class | also predicted (clips) | outranked by (clips) |",
         "|---|---|---|",
@@ -233,4 +347,4 @@ def report_markdown(report: dict) -> str:
             "Classes with positives here but no training data (not reported by the head, "
             "not in the means): " + ", ".join(f"{u['name']} ({u['positives']})" for u in untrained),
         ]
-    return "\n".join(lines) + "\n"
+    return lines

@@ -11,8 +11,9 @@ and zero log-mel columns, like the end of a file.
 The store is a folder: ``meta.json`` plus shards ``shard-NNNNN.safetensors``
 (``features`` [n, n_layer, 25, d_model] fp16, ``targets`` [n, n_classes] uint8
 multi-hot) each with a ``shard-NNNNN.json`` sidecar (clip ids, splits, recordings,
-seconds of real audio). Shards already written are skipped, so an interrupted run
-resumes; a store made from another manifest, label set or Whisper is refused.
+source packages, seconds of real audio; format 1 stores have no sources). Shards
+already written are skipped, so an interrupted run resumes; a store made from another
+manifest, label set or Whisper is refused.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .manifest import Clip, label_indices, manifest_hash, read_manifest
 
 logger = logging.getLogger("whisper_at")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sidecars list each clip's source packages
 WINDOW_SECONDS = 10
 CLIPS_PER_WINDOW = 3
 ENCODER_INPUT_SECONDS = WINDOW_SECONDS * CLIPS_PER_WINDOW
@@ -74,6 +75,7 @@ class FeatureSet:
     splits: list[str]
     recordings: list[str]
     meta: dict
+    sources: list[tuple[str, ...]] | None = None  # per clip; None for a format 1 store
 
     @property
     def labels(self) -> LabelSet:
@@ -91,6 +93,7 @@ class FeatureSet:
             splits=[self.splits[i] for i in idx.tolist()],
             recordings=[self.recordings[i] for i in idx.tolist()],
             meta=self.meta,
+            sources=None if self.sources is None else [self.sources[i] for i in idx.tolist()],
         )
 
     def split(self, name: str) -> FeatureSet:
@@ -190,6 +193,7 @@ def extract_features(
                 "ids": [c.id for c in clips[lo:hi]],
                 "splits": [c.split for c in clips[lo:hi]],
                 "recordings": [c.recording for c in clips[lo:hi]],
+                "sources": [list(c.sources) for c in clips[lo:hi]],
                 "seconds": seconds,
                 "first_clip": lo,
             }
@@ -331,6 +335,7 @@ def load_features(features_dir: str | os.PathLike, splits: list[str] | None = No
             f"feature extraction into {features_dir} did not finish; run it again to resume"
         )
     feats, targets, ids, split_names, recordings = [], [], [], [], []
+    sources: list[tuple[str, ...]] | None = [] if meta.get("format_version", 1) >= 2 else None
     for s in range(meta["n_shards"]):
         base = Path(features_dir) / _shard_name(s)
         try:
@@ -348,6 +353,8 @@ def load_features(features_dir: str | os.PathLike, splits: list[str] | None = No
         ids += [side["ids"][i] for i in keep]
         split_names += [side["splits"][i] for i in keep]
         recordings += [side["recordings"][i] for i in keep]
+        if sources is not None:
+            sources += [tuple(side["sources"][i]) for i in keep]
     n_classes = len(meta["label_ids"])
     shape = (0, meta["n_layer"], meta["bins_per_clip"], meta["d_model"])
     return FeatureSet(
@@ -357,4 +364,5 @@ def load_features(features_dir: str | os.PathLike, splits: list[str] | None = No
         splits=split_names,
         recordings=recordings,
         meta=meta,
+        sources=sources,
     )

@@ -38,6 +38,7 @@ class Clip:
     split: str
     recording: str
     format: str | None = None
+    sources: tuple[str, ...] = ()  # packages the audio comes from (empty: not recorded)
 
 
 def read_manifest(path: str | os.PathLike) -> list[Clip]:
@@ -101,6 +102,11 @@ def _clip(row: object, where: str, base: Path) -> Clip:
         raise ManifestError(f"{where}: need 0 <= start < end, got {start}, {end}")
     clip_id = row.get("id") or f"{row['path']}@{start:g}-{'' if end is None else f'{end:g}'}"
     recording = row.get("recording") or row.get("recording_id") or row["path"]
+    sources = row.get("source") or []
+    if isinstance(sources, str):
+        sources = [sources]
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        raise ManifestError(f"{where}: 'source' must be a package name or a list of them")
     return Clip(
         id=str(clip_id),
         path=str(audio),
@@ -110,6 +116,7 @@ def _clip(row: object, where: str, base: Path) -> Clip:
         split=split,
         recording=str(recording),
         format=row.get("format"),
+        sources=tuple(sorted(set(sources))),
     )
 
 

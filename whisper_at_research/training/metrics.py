@@ -65,3 +65,54 @@ def tagging_metrics(
     return Metrics(
         mAP=m_ap, mAUC=m_auc, d_prime=d_prime(m_auc), n_classes=len(aps), per_class=per_class
     )
+
+
+def f1_optimal_threshold(
+    targets: np.ndarray, scores: np.ndarray, tolerance: float = 0.0
+) -> tuple[float, float]:
+    """(threshold, F1) of the score threshold with the best F1 for one class.
+
+    A clip is predicted positive when its score is >= the threshold; the candidates are
+    the scores themselves, and among equal F1 the highest threshold wins (fewer false
+    alarms). With ``tolerance`` the highest threshold whose F1 is within it of the best
+    wins: on a flat F1 curve that costs little F1 and saves many false alarms. Needs at
+    least one positive.
+    """
+    y = np.asarray(targets) > 0.5
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("an F1-optimal threshold needs at least one positive")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # last index of each distinct score
+    tp = np.cumsum(y_sorted)[last]
+    predicted = (np.flatnonzero(last) + 1).astype(np.float64)
+    f1 = 2 * tp / (predicted + n_pos)
+    best = int(np.flatnonzero(f1 >= f1.max() - tolerance)[0])  # the highest such threshold
+    return float(s_sorted[last][best]), float(f1[best])
+
+
+def calibration(targets: np.ndarray, scores: np.ndarray, n_bins: int = 10) -> dict:
+    """Expected calibration error and a reliability table over every (clip, class) score.
+
+    Equal-width probability bins; ECE is the count-weighted mean of |observed frequency -
+    mean probability| over the bins. Each row: bin edges, count, mean probability,
+    observed frequency of positives.
+    """
+    y = (np.asarray(targets) > 0.5).ravel()
+    p = np.asarray(scores, dtype=np.float64).ravel()
+    if y.size == 0:
+        raise ValueError("calibration needs at least one score")
+    which = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    rows, ece = [], 0.0
+    for b in range(n_bins):
+        inside = which == b
+        count = int(inside.sum())
+        row = {"low": b / n_bins, "high": (b + 1) / n_bins, "count": count}
+        if count:
+            mean_p, observed = float(p[inside].mean()), float(y[inside].mean())
+            row.update(mean_probability=mean_p, observed=observed)
+            ece += count / y.size * abs(observed - mean_p)
+        rows.append(row)
+    return {"ece": ece, "n_scores": int(y.size), "bins": rows}

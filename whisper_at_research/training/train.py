@@ -34,6 +34,7 @@ from whisper_at.heads import HEAD_TYPES, HeadConfig, TaggingHead, save_head
 
 from .features import ENCODER_INPUT_SECONDS, FeatureSet, load_features
 from .metrics import tagging_metrics
+from .source_split import SPLIT_SCHEMES, with_scheme
 
 logger = logging.getLogger("whisper_at")
 
@@ -63,6 +64,7 @@ class TrainOptions:
     lr_decay_step: int | None = None
     average_last: int | None = None  # average the weights of the last K epochs
     valid_fraction: float = 0.1  # held out from train (by recording) when there is no valid split
+    split_scheme: str = "recording"  # "source": train without the held-out source packages
     device: str = "cpu"
     progress: bool = True
 
@@ -79,6 +81,8 @@ class TrainOptions:
             raise ValueError(f"average_last must be in 1..epochs ({self.epochs})")
         if not 0 <= self.valid_fraction < 1:
             raise ValueError("valid_fraction must be in [0, 1)")
+        if self.split_scheme not in SPLIT_SCHEMES:
+            raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}")
 
 
 def lr_schedule(epochs: int, start: int | None = None, step: int | None = None) -> tuple[int, int]:
@@ -223,13 +227,18 @@ def train_head(
 
     Other options are the fields of :class:`TrainOptions` (proj_dim, average_last,
     mixup, time_mask, label_smoothing, balanced_sampling, lr_decay_start,
-    lr_decay_step, valid_fraction, device, progress, ...). Also writes the training
-    curves next to ``out`` (``<out>.curves.json`` and, with matplotlib, ``.png``).
+    lr_decay_step, valid_fraction, split_scheme, device, progress, ...). Also writes the
+    training curves next to ``out`` (``<out>.curves.json`` and, with matplotlib, ``.png``).
+    ``split_scheme="source"`` trains on the held-out-source split's train part (no clip of
+    a held-out package) and records the held-out packages in the head's config.
     """
     opts = TrainOptions(
         head_type=head_type, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, **options
     )
-    data = load_features(features_dir, splits=["train", "valid"])
+    if opts.split_scheme == "source":
+        data, source = with_scheme(load_features(features_dir), "source")
+    else:
+        data, source = load_features(features_dir, splits=["train", "valid"]), None
     meta = data.meta
     train, valid = _split_valid(data, opts.valid_fraction)
     if len(train) == 0:
@@ -259,7 +268,10 @@ def train_head(
         trained_classes=trained,
         window_seconds=float(meta["window_seconds"]),
         encoder_input_seconds=float(meta.get("encoder_input_seconds", ENCODER_INPUT_SECONDS)),
+        held_out_sources=list(source.held_out) if source else None,
     )
+    if source:
+        logger.info("held-out-source split: training without %s", ", ".join(source.held_out))
     head = TaggingHead(config).to(opts.device)
     optimizer = torch.optim.Adam(
         head.parameters(), lr=lr, betas=opts.betas, weight_decay=opts.weight_decay
