@@ -136,6 +136,9 @@ def test_results_record_what_made_them(model):
     assert made_by["precision"].startswith("float32:")  # auto: exact float32 tags
     assert made_by["head"]["path"].endswith("tiny.en.tl_tr.safetensors")
     assert len(made_by["head"]["sha256"]) == 64
+    tagging = model.tag(EXAMPLE)  # tags only: the same record, in its JSON fields too
+    assert tagging.made_by == made_by
+    assert tagging.to_result_fields()["whisper_at"] == made_by
 
 
 def test_a_window_the_library_slices_differently_fails_loudly(model, speech):

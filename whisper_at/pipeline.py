@@ -312,6 +312,7 @@ class WhisperAT:
             labels=head.config.labels,
             reported_classes=head.config.reported_classes,
             thresholds=head.config.thresholds,
+            made_by=self.provenance(),
         )
 
     def _new_accumulator(self, at_time_res: float) -> TagAccumulator | None:

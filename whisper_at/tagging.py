@@ -180,6 +180,7 @@ class TaggingResult:
     labels: LabelSet
     reported_classes: list[int]
     thresholds: list[float] | None = None  # the head's per-class thresholds, for "auto"
+    made_by: dict[str, Any] | None = None  # version, model, engine, precision, head file
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -275,6 +276,7 @@ class TaggingResult:
             "audio_tag_classes": list(self.reported_classes),
             "audio_tag_thresholds": self.thresholds,
             "duration": self.duration,
+            **({"whisper_at": self.made_by} if self.made_by is not None else {}),
         }
 
     @classmethod
@@ -298,4 +300,5 @@ class TaggingResult:
             labels=labels,
             reported_classes=list(result.get("audio_tag_classes") or range(len(labels))),
             thresholds=result.get("audio_tag_thresholds"),
+            made_by=result.get("whisper_at"),
         )
