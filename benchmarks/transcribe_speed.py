@@ -169,18 +169,12 @@ def faster_whisper(
 
 def cpu_description() -> str:
     """The CPU model and the instruction-set flags that decide the kernels used."""
-    model, flags = "unknown CPU", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                wanted = ("avx2", "fma", "avx512", "amx", "vnni", "bf16")
-                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(wanted))
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(flags) or '-'}"
+    from whisper_at.precision import cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    wanted = ("avx2", "fma", "avx512", "amx", "vnni", "bf16")
+    shown = sorted(f for f in flags if f.startswith(wanted))
+    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(shown) or '-'}"
 
 
 def main() -> None:

@@ -75,9 +75,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _threshold(text: str) -> Threshold:
-    """ "auto" (the head's per-class thresholds) or one probability; outside [0, 1] a number
-    would keep every tag or none."""
+def threshold_argument(text: str) -> Threshold:
+    """The argparse type of a tag threshold (here and in the research commands): "auto"
+    (the head's per-class thresholds) or one probability; outside [0, 1] a number would
+    keep every tag or none."""
     if text == "auto":
         return "auto"
     try:
@@ -126,7 +127,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=_positive_int, default=5, help="tags per window")
     parser.add_argument(
         "--threshold",
-        type=_threshold,
+        type=threshold_argument,
         default="auto",
         help="minimum tag probability: auto (each class's threshold stored in the head, "
         f"{AUTO_THRESHOLD_FALLBACK} for a head without them) or one number from 0 to 1",

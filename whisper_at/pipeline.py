@@ -49,7 +49,7 @@ from .spans import (
 from .tagging import TagAccumulator, TaggingResult
 from .tap import install_tap
 from .weights import LoadedWhisper, WeightsError, load_whisper
-from .weights.openai import search_dirs
+from .weights.openai import pt_filename, pt_url, search_dirs
 
 logger = logging.getLogger("whisper_at")
 
@@ -119,7 +119,7 @@ def _reference_files_hint(
         )
     pt_dir, heads_dir = reference_head_dirs(download_root)[0], cache_dir() / "heads"
     head_file = reference_head_file(whisper_name, low_compute)
-    pt = f"{os.path.basename(whisper._MODELS[whisper_name])} ({whisper._MODELS[whisper_name]}) and "
+    pt = f"{pt_filename(whisper_name)} ({pt_url(whisper_name)}) and "
     return (
         f"to load {whisper_name!r} as the reference package does, put {pt if weights else ''}"
         f"the reference's head {head_file} (github.com/YuanGongND/whisper-at, pretrained_models) "
@@ -408,11 +408,11 @@ class WhisperAT:
     ) -> dict[str, Any]:
         """The transcription result plus the head's tags (per window, per segment) and
         where it came from."""
-        result["whisper_at"] = self.provenance()
         if accumulator is None:
+            result["whisper_at"] = self.provenance()
             return result
         tagging = self._tagging_result(accumulator, n_samples)
-        result.update(tagging.to_result_fields())
+        result.update(tagging.to_result_fields())  # "whisper_at" among them
         for segment in result["segments"]:
             segment["audio_tags"] = [
                 {"label": t.label, "index": t.index, "probability": round(t.probability, 4)}

@@ -49,6 +49,7 @@ __all__ = [
     "PRECISIONS",
     "Precision",
     "PrecisionError",
+    "cpu_model_and_flags",
     "fastest_cpu_decoder",
     "quantize_int8",
     "resolve_precision",
@@ -105,8 +106,9 @@ def resolve_precision(
     :func:`fastest_cpu_decoder`).
     """
     auto_encoder, auto_decoder = _AUTO[device.type]
-    wants_auto = precision == "auto" or (isinstance(precision, str) and "auto" in precision)
-    if wants_auto and engine == "ct2" and device.type == "cpu" and ct2_dir is not None:
+    named = precision if isinstance(precision, str) else ""
+    decoder_auto = named == "auto" or named.endswith(":auto")  # measure only when asked for
+    if decoder_auto and engine == "ct2" and device.type == "cpu" and ct2_dir is not None:
         auto_decoder = fastest_cpu_decoder(ct2_dir)
     if isinstance(precision, Precision):
         wanted = precision
@@ -155,7 +157,7 @@ def fastest_cpu_decoder(ct2_dir: str | os.PathLike) -> str:
     seconds = {kind: _decode_seconds(Path(ct2_dir), kind) for kind in ("float32", "int8")}
     choice = "int8" if seconds["int8"] < _INT8_MARGIN * seconds["float32"] else "float32"
     logger.info("CPU decoder: %s (measured %s)", choice, seconds)
-    known[key] = {"decoder": choice, "seconds": seconds, "cpu": _cpu_name()}
+    known[key] = {"decoder": choice, "seconds": seconds, "cpu": cpu_model_and_flags()[0]}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -166,28 +168,29 @@ def fastest_cpu_decoder(ct2_dir: str | os.PathLike) -> str:
     return choice
 
 
-def _cpu_name() -> str:
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and instruction-set flags (Linux's /proc/cpuinfo; elsewhere
+    what ``platform`` says and no flags): what decides which kernels run fastest."""
+    model, flags = platform.processor() or platform.machine(), []
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return model, flags
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = value.split()
+            break
+    return model, flags
 
 
 def _cpu_key(ct2_dir: Path, ct2_version: str) -> str:
-    """CPU model and instruction-set flags, CTranslate2 version, model weights."""
-    try:
-        flags = next(
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
-        flags = platform.machine()
+    """CPU model and instruction-set flags, core count, CTranslate2 version, model size."""
+    model, flags = cpu_model_and_flags()
     stat = (ct2_dir / "model.bin").stat()
-    parts = [_cpu_name(), flags, str(os.cpu_count()), ct2_version, str(stat.st_size)]
+    parts = [model, " ".join(flags), str(os.cpu_count()), ct2_version, str(stat.st_size)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 

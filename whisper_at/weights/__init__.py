@@ -73,7 +73,7 @@ def _load_name(name: str, device: str | torch.device, download_root: str | None)
         looked = ", ".join(str(d) for d in openai.search_dirs(download_root))
         raise WeightsError(
             f"Whisper {name!r} is known but its weights are not on this machine (no "
-            f"{os.path.basename(whisper._MODELS[name])} in {looked}; nothing is downloaded). "
+            f"{openai.pt_filename(name)} in {looked}; nothing is downloaded). "
             f"Available: {', '.join(available_models(download_root)) or 'none'}"
         )
     checkpoint, sha256 = openai.load_named_pt(name, pt)

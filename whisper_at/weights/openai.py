@@ -24,17 +24,23 @@ def search_dirs(download_root: str | os.PathLike | None) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def _url(name: str) -> str:
+def pt_url(name: str) -> str:
+    """Where openai-whisper downloads the `.pt` of an official name (its table)."""
     return whisper._MODELS[name]
+
+
+def pt_filename(name: str) -> str:
+    """The file name openai-whisper stores an official name's `.pt` under."""
+    return os.path.basename(pt_url(name))
 
 
 def expected_sha256(name: str) -> str:
     """openai-whisper embeds each file's sha256 as the second-to-last URL component."""
-    return _url(name).split("/")[-2]
+    return pt_url(name).split("/")[-2]
 
 
 def find_pt(name: str, download_root: str | os.PathLike | None) -> Path | None:
-    filename = os.path.basename(_url(name))
+    filename = pt_filename(name)
     return next(
         (d / filename for d in search_dirs(download_root) if (d / filename).is_file()), None
     )

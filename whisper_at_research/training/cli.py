@@ -12,9 +12,9 @@ import logging
 import sys
 import traceback
 
+from whisper_at.cli import threshold_argument
 from whisper_at.heads import HEAD_TYPES
 from whisper_at.labels import LabelSet, audioset_labels
-from whisper_at.tagging import Threshold
 
 from .source_split import SPLIT_SCHEMES
 
@@ -45,16 +45,6 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _threshold(text: str) -> Threshold:
-    """ "auto" or a probability in [0, 1]."""
-    if text == "auto":
-        return "auto"
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected auto or a probability in [0, 1], got {text}")
     return value
 
 
@@ -226,7 +216,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="evaluation.json", help="report (.json; .md next to it)")
     p.add_argument(
         "--threshold",
-        type=_threshold,
+        type=threshold_argument,
         default="auto",
         help="what counts as predicted (precision/recall, confusions): auto (the head's "
         "per-class thresholds) or a probability",
@@ -304,7 +294,9 @@ def calibrate_parser() -> argparse.ArgumentParser:
         default=MIN_POSITIVES,
         help="positive clips a class needs for its own threshold (else the fallback)",
     )
-    p.add_argument("--fallback", type=_threshold, default=None, help="default: auto's fallback")
+    p.add_argument(
+        "--fallback", type=threshold_argument, default=None, help="default: auto's fallback"
+    )
     p.add_argument("--floor", type=float, default=THRESHOLD_FLOOR, help="lowest threshold")
     p.add_argument(
         "--min-f1", type=float, default=MIN_F1, help="a class with a lower best F1: the fallback"
