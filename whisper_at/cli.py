@@ -311,6 +311,10 @@ def plugin_commands() -> dict[str, Callable[[list[str]], int]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":  # the HTTP API and web page (docs/serving.md)
+        from .server import main as serve
+
+        return serve(argv[1:])
     commands = plugin_commands()
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
