@@ -21,6 +21,7 @@ import math
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -455,6 +456,8 @@ class Server:
     async def finish(self, request: Request, job: Job, deadline: float) -> Any:
         """The job's result; its client leaving or the deadline cancels it."""
         waiting = asyncio.wrap_future(job.future)
+        # a job given up on may still end in an error later: nobody needs to hear of it
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
         left = asyncio.ensure_future(wait_disconnect(request))
         try:
             done, _ = await asyncio.wait(
@@ -758,6 +761,38 @@ class SegmentFeed:
 
     def follow(self, job: Job) -> None:
         job.future.add_done_callback(lambda _: self.put(None))
+
+
+class BackgroundServer:
+    """Runs an app on a free loopback port in a thread: for tests, benchmarks and notebooks.
+
+    >>> with BackgroundServer(create_app(model)) as server:
+    ...     httpx.get(server.url + "/health")
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1") -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((host, 0))
+        self.url = f"http://{host}:{self.socket.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the server thread stopped before it started")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.socket.close()
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
