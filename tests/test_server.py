@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -132,6 +133,10 @@ def test_verbose_json_with_words_and_tags(client, model, reference):
     ]
     segment_tags = result.segments[0].model_extra["audio_tags"]
     assert segment_tags == reference["segments"][0]["audio_tags"]
+    assert extra["sound_events"] == reference["sound_events"]  # onsets/offsets, 0.4 s grid
+    assert {"label": "Speech", "index": 0, "start": 0.0, "end": 7.1} in [
+        {k: e[k] for k in ("label", "index", "start", "end")} for e in extra["sound_events"]
+    ]
     curves = extra["class_curves"]
     assert len(curves) == 8 and all(len(c["probabilities"]) == 4 for c in curves)
     assert curves[0]["label"] in ("Speech", "Narration, monologue")
@@ -172,6 +177,8 @@ def test_tags_endpoint(server, model):
         assert [t["label"] for t in window["tags"]] == [t.label for t in expected.tags]
         for got, want in zip(window["tags"], expected.tags, strict=True):
             assert got["probability"] == pytest.approx(want.probability, abs=1e-6)
+    assert body["sound_events"] == [asdict(e) for e in tagging.events()]
+    assert body["sound_events"] and "event_track" not in body
     assert body["whisper_at"]["model"] == "tiny.en"
 
 

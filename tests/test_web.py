@@ -126,6 +126,25 @@ def test_upload_transcript_timeline_click_download(browser, server, speech_wav, 
         10,
     )
     assert position == pytest.approx(start, abs=0.5)
+    # ... a click on a sound event's bar too (its class is named on the event row)
+    events = browser.find_elements(By.CSS_SELECTOR, "#timeline rect.event")
+    assert events, "no sound events drawn"
+    later = max(events, key=lambda bar: float(bar.get_attribute("data-start")))
+    event_start = float(later.get_attribute("data-start"))
+    assert event_start > 0
+    browser.execute_script("document.getElementById('audio').currentTime = 0")
+    later.click()
+    wait_for(
+        browser,
+        lambda: (
+            abs(
+                browser.execute_script("return document.getElementById('audio').currentTime")
+                - event_start
+            )
+            < 0.5
+        ),
+        10,
+    )
     # ... and a click on a transcript line does the same
     items[0].click()
     wait_for(

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -296,12 +296,16 @@ def class_curves(tagging: TaggingResult, n: int = CURVE_CLASSES) -> list[dict[st
 
 
 def tag_fields(tagging: TaggingResult, top_k: int, threshold: Threshold) -> dict[str, Any]:
-    """What a response adds about sound: tag windows and the top classes over time."""
-    return {
+    """What a response adds about sound: tag windows, the top classes over time, and the
+    sound events (onsets and offsets on the 0.4 s grid, whisper_at.events' defaults)."""
+    fields = {
         "at_time_res": tagging.at_time_res,
         "tags": tag_windows_json(tagging, top_k, threshold),
         "class_curves": class_curves(tagging),
     }
+    if tagging.track is not None:
+        fields["sound_events"] = [asdict(event) for event in tagging.events()]
+    return fields
 
 
 def verbose_body(
