@@ -70,7 +70,7 @@ function el(name, attributes, parent) {
 }
 
 function drawTimeline(body) {
-  const width = 1000, left = 150, plot = 140, row = 18;
+  const width = 1000, left = 190, plot = 140, row = 18;
   const duration = Math.max(body.duration || 0, 0.001);
   const curves = body.class_curves || [];
   const events = body.sound_events || [];
@@ -112,10 +112,14 @@ function drawTimeline(body) {
   // sound events, one row per class
   eventLabels.forEach((label, k) => {
     const top = y + k * row;
-    el("text", { x: left - 6, y: top + 13, "text-anchor": "end" }, svg).textContent = label;
+    const name = el("text", { x: left - 6, y: top + 13, "text-anchor": "end" }, svg);
+    name.textContent = label.length > 30 ? `${label.slice(0, 29)}…` : label;
+    el("title", {}, name).textContent = label;
+    const curve = curves.findIndex((c) => c.label === label);
+    const colour = curve >= 0 ? COLOURS[curve % COLOURS.length] : "#fdba74";
     for (const event of events.filter((e) => e.label === label)) {
       const bar = el("rect", { x: x(event.start), y: top, height: row - 4, rx: 3,
-        width: Math.max(2, x(event.end) - x(event.start)), fill: "#fdba74", class: "event",
+        width: Math.max(2, x(event.end) - x(event.start)), fill: colour, class: "event",
         "data-start": event.start }, svg);
       el("title", {}, bar).textContent =
         `${label} ${short(event.start)}–${short(event.end)} (${event.probability.toFixed(2)})`;
