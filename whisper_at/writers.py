@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from whisper.utils import get_writer
 
+from .captions import CAPTION_WRITERS, CaptionStyle, result_cues
 from .tagging import TaggingResult, Threshold
 
 TRANSCRIPT_FORMATS = ("txt", "srt", "vtt", "tsv")
@@ -92,14 +93,21 @@ def write_outputs(
     formats: list[str],
     top_k: int = 5,
     threshold: Threshold = "auto",
+    captions: CaptionStyle | None = None,
 ) -> list[Path]:
-    """Write the chosen formats next to each other as ``<audio stem>.<ext>``; returns the paths."""
+    """Write the chosen formats next to each other as ``<audio stem>.<ext>``; returns the paths.
+
+    ``captions``: ``srt`` and ``vtt`` carry captions with sound cues (docs/captions.md) and
+    the dialogue-only track goes to ``<stem>.dialogue.srt`` / ``.vtt``.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(audio_path).stem
     written = []
     for fmt in formats:
-        if fmt in TRANSCRIPT_FORMATS and "segments" in result:
+        if captions is not None and fmt in CAPTION_WRITERS and "segments" in result:
+            written.extend(_write_captions(result, out, stem, fmt, captions))
+        elif fmt in TRANSCRIPT_FORMATS and "segments" in result:
             get_writer(fmt, str(out))(result, str(audio_path))
             written.append(out / f"{stem}.{fmt}")
         elif fmt == "json":
@@ -112,3 +120,17 @@ def write_outputs(
             write_tags_tsv(TaggingResult.from_result(result), path, top_k, threshold)
             written.append(path)
     return written
+
+
+def _write_captions(
+    result: dict[str, Any], out: Path, stem: str, fmt: str, style: CaptionStyle
+) -> list[Path]:
+    """``<stem>.<fmt>`` with dialogue and sound cues, ``<stem>.dialogue.<fmt>`` without."""
+    if "sound_events" not in result:
+        raise ValueError(
+            "captions need the result's sound events (result['sound_events']); this result has none"
+        )
+    captions = out / f"{stem}.{fmt}"
+    captions.write_text(CAPTION_WRITERS[fmt](result_cues(result, style)), encoding="utf-8")
+    get_writer(fmt, str(out))(result, f"{stem}.dialogue.{fmt}")
+    return [captions, out / f"{stem}.dialogue.{fmt}"]
