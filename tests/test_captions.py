@@ -4,6 +4,7 @@ the allow-list, and SRT / WebVTT files that maintained subtitle libraries parse.
 import csv
 import itertools
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import pysubs2
@@ -253,7 +254,7 @@ def test_write_outputs_keeps_a_dialogue_only_track(tmp_path: Path) -> None:
         "text": " Hello there. La la la",
         "segments": SEGMENTS,
         "duration": 12.0,
-        "sound_events": [e.__dict__ for e in EVENTS],
+        "sound_events": [asdict(e) for e in EVENTS],
     }
     written = write_outputs(result, "film.mp4", tmp_path, ["srt", "vtt"], captions=CaptionStyle())
     names = sorted(p.name for p in written)
