@@ -10,6 +10,7 @@ function of the segments, the sound events and a :class:`CaptionStyle`.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
 from collections.abc import Iterable, Sequence
@@ -44,16 +45,19 @@ def caption_phrase(label: str) -> str:
     return caption_phrases().get(label) or label.split(",")[0].strip().lower()
 
 
+@lru_cache(maxsize=1)
 def speech_classes() -> frozenset[str]:
     """ "Speech" and every class below it in the ontology: dialogue, not sound cues."""
     return frozenset({SPEECH_CLASS}) | class_descendants(SPEECH_CLASS)
 
 
+@lru_cache(maxsize=1)
 def singing_classes() -> frozenset[str]:
     """ "Singing" and the classes below it (choir, rapping, ...): dialogue over them is sung."""
     return frozenset({SINGING_CLASS}) | class_descendants(SINGING_CLASS)
 
 
+@lru_cache(maxsize=1)
 def default_caption_classes() -> frozenset[str]:
     """Every class of the phrase table except speech: what captions show by default."""
     return frozenset(caption_phrases()) - speech_classes()
@@ -164,6 +168,31 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
+def _covered(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds of ``[start, end)`` inside the union of ``intervals``."""
+    total, reach = 0.0, start
+    for a, b in sorted(intervals):
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            total += b - a
+            reach = b
+    return total
+
+
+class _Timeline:
+    """Events sorted by start, to find those overlapping a span without scanning them all."""
+
+    def __init__(self, events: Sequence[SoundEvent]) -> None:
+        self.events = sorted(events, key=lambda e: (e.start, e.end))
+        self.starts = [e.start for e in self.events]
+        self.longest = max((e.end - e.start for e in self.events), default=0.0)
+
+    def overlapping(self, start: float, end: float) -> list[SoundEvent]:
+        first = bisect.bisect_left(self.starts, start - self.longest)
+        last = bisect.bisect_left(self.starts, end)
+        return [e for e in self.events[first:last] if _overlap(e.start, e.end, start, end) > 0]
+
+
 def _pick(events: Iterable[SoundEvent], max_labels: int) -> list[str]:
     """Labels of ``events``, most probable first, without a class whose more specific
     class (a descendant in the ontology) is also there, at most ``max_labels``."""
@@ -197,7 +226,7 @@ def _dialogue_spans(
 
 
 def _gap_spans(
-    dialogue: list[_Span], events: list[SoundEvent], duration: float, style: CaptionStyle
+    dialogue: list[_Span], timeline: _Timeline, duration: float, style: CaptionStyle
 ) -> list[_Span]:
     """Sound spans where no dialogue is shown: each gap cut at every event boundary, each
     piece naming its events; a piece shorter than ``min_duration`` joins its shorter
@@ -209,7 +238,7 @@ def _gap_spans(
         cursor = max(cursor, span.end)
     spans: list[_Span] = []
     for g0, g1 in gaps:
-        inside = [e for e in events if _overlap(e.start, e.end, g0, g1) > 0]
+        inside = timeline.overlapping(g0, g1)
         cuts = sorted({g0, g1, *(t for e in inside for t in (e.start, e.end) if g0 < t < g1)})
         pieces = [
             _Span(a, b, events=[e for e in inside if e.start < b and e.end > a])
@@ -303,26 +332,19 @@ def caption_cues(
     allowed = style.allowed
     events = [e for e in events if e.label in allowed and min(e.end, duration) > max(e.start, 0)]
     dialogue = _dialogue_spans(segments, duration, drop_non_speech)
-    singing = singing_classes()
-    sung = set()
-    for i, span in enumerate(dialogue):
-        covered = sum(
-            _overlap(e.start, e.end, span.start, span.end) for e in events if e.label in singing
-        )
-        if style.music_notes and covered >= 0.5 * (span.end - span.start):
-            sung.add(i)
-    sounds = _gap_spans(dialogue, events, duration, style)
+    timeline = _Timeline(events)
+    sounds = _gap_spans(dialogue, timeline, duration, style)
     shown = {label for span in sounds for label in span.labels(style.max_labels)}
-    for i, span in enumerate(dialogue):
-        span.events = [
-            e
-            for e in events
-            if _overlap(e.start, e.end, span.start, span.end) > 0
-            and (style.combine == "prefix" or e.label not in shown)
-        ]
-        if i in sung:
+    singing = singing_classes()
+    for span in dialogue:
+        under = timeline.overlapping(span.start, span.end)
+        sung = [(e.start, e.end) for e in under if e.label in singing]
+        if style.music_notes and _covered(sung, span.start, span.end) >= 0.5 * (
+            span.end - span.start
+        ):
             span.sung = True
             span.dialogue = f"{MUSIC_NOTE} {span.dialogue} {MUSIC_NOTE}"
+        span.events = [e for e in under if style.combine == "prefix" or e.label not in shown]
     spans = _fit([*dialogue, *sounds], duration, style.min_duration)
     cues = []
     for span in spans:

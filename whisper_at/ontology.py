@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 
 from .labels import audioset_labels
@@ -58,6 +58,7 @@ def audioset_ontology() -> Ontology:
     return Ontology({row["id"]: tuple(row["child_ids"].split()) for row in rows})
 
 
+@cache
 def class_ancestors(name: str) -> frozenset[str]:
     """Display names of the AudioSet classes above the class ``name`` (abstract nodes left out).
 
@@ -71,6 +72,7 @@ def class_ancestors(name: str) -> frozenset[str]:
     return frozenset(mid_to_name[mid] for mid in above if mid in mid_to_name)
 
 
+@cache
 def class_descendants(name: str) -> frozenset[str]:
     """Display names of the AudioSet classes below the class ``name``."""
     labels = audioset_labels()
