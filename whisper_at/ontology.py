@@ -1,6 +1,6 @@
 """The AudioSet ontology's parent/child relations, for the 527 classes and the nodes above them.
 
-``assets/audioset_ontology.tsv`` holds, for every ontology node that has children, its id,
+``assets/audioset_ontology_children.tsv`` holds, for every ontology node that has children, its id,
 name and ``child_ids`` as published in ``ontology.json`` of the AudioSet ontology
 (github.com/audioset/ontology, CC BY-SA 4.0); descriptions and examples are left out.
 A class may have several parents ("Cowbell" is under "Cattle, bovinae", "Percussion" and
@@ -51,11 +51,11 @@ class Ontology:
 
 @lru_cache(maxsize=1)
 def audioset_ontology() -> Ontology:
-    """The committed parent/child table (assets/audioset_ontology.tsv)."""
-    path = resources.files("whisper_at") / "assets" / "audioset_ontology.tsv"
+    """The committed parent/child table (assets/audioset_ontology_children.tsv)."""
+    path = resources.files("whisper_at") / "assets" / "audioset_ontology_children.tsv"
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    return Ontology({row["id"]: tuple(row["child_ids"].split()) for row in rows})
+    return Ontology({row["parent_id"]: tuple(row["child_ids"].split()) for row in rows})
 
 
 @cache
