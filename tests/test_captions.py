@@ -290,3 +290,9 @@ def test_caption_usage_errors_come_before_the_model_loads(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "no-such-model" not in err
+
+
+def test_dialogue_never_shows_before_it_is_said() -> None:
+    segments = [segment(2.0, 2.4, "No."), segment(2.4, 4.0, "Never.")]
+    cues = caption_cues(segments, [], duration=4.0)
+    assert cues == [Cue(2.0, 2.4, "", "No."), Cue(2.4, 4.0, "", "Never.")]

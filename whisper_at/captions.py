@@ -282,16 +282,18 @@ def _join_short(pieces: list[_Span], style: CaptionStyle) -> list[_Span]:
 
 
 def _fit(spans: list[_Span], duration: float, min_duration: float) -> list[_Span]:
-    """Give each cue ``min_duration`` where the neighbours leave room; a sound cue that still
-    cannot be read joins the dialogue cue it touches (named at its top)."""
+    """Give each cue ``min_duration`` where the neighbours leave room (later end; for a sound
+    also an earlier start); a sound cue that still cannot be read joins the dialogue cue it
+    touches (named at its top)."""
     spans = sorted(spans, key=lambda s: s.start)
     for i, span in enumerate(spans):
         if span.end - span.start >= min_duration:
             continue
         after = spans[i + 1].start if i + 1 < len(spans) else duration
         span.end = min(max(span.end, span.start + min_duration), after)
-        before = spans[i - 1].end if i > 0 else 0.0
-        span.start = max(min(span.start, span.end - min_duration), before)
+        if not span.dialogue:  # a sound may show early; words never show before they are said
+            before = spans[i - 1].end if i > 0 else 0.0
+            span.start = max(min(span.start, span.end - min_duration), before)
     kept: list[_Span] = []
     for i, span in enumerate(spans):
         if span.dialogue or span.end - span.start >= min_duration:
