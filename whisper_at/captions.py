@@ -364,13 +364,17 @@ def result_events(result: dict[str, Any]) -> list[SoundEvent]:
     ]
 
 
-def result_cues(result: dict[str, Any], style: CaptionStyle | None = None) -> list[Cue]:
-    """:func:`caption_cues` of a transcription result: its segments, ``sound_events`` and
-    duration; segments the guard flagged are left out when the result says it suppressed
-    them (``suppressed_segments``)."""
+def result_cues(
+    result: dict[str, Any],
+    style: CaptionStyle | None = None,
+    events: Sequence[SoundEvent] | None = None,
+) -> list[Cue]:
+    """:func:`caption_cues` of a transcription result: its segments, duration and
+    ``events`` (default: its ``sound_events``); segments the guard flagged are left out when
+    the result says it suppressed them (``suppressed_segments``)."""
     return caption_cues(
         result.get("segments", []),
-        result_events(result),
+        result_events(result) if events is None else events,
         style,
         result.get("duration"),
         drop_non_speech="suppressed_segments" in result,

@@ -12,11 +12,13 @@ from typing import Any
 import torch
 from whisper.utils import get_writer
 
-from .captions import CAPTION_WRITERS, CaptionStyle, result_cues
+from .captions import CAPTION_WRITERS, CaptionStyle, result_cues, result_events
+from .events import EventOptions, SoundEvent
 from .tagging import TaggingResult, Threshold
 
 TRANSCRIPT_FORMATS = ("txt", "srt", "vtt", "tsv")
-OUTPUT_FORMATS = (*TRANSCRIPT_FORMATS, "json", "tags")
+OUTPUT_FORMATS = (*TRANSCRIPT_FORMATS, "json", "tags", "events")
+EVENT_COLUMNS = ["filename", "onset", "offset", "event_label"]  # DCASE's TSV header
 
 
 def tag_windows_json(
@@ -26,15 +28,42 @@ def tag_windows_json(
 
 
 def json_ready(
-    result: dict[str, Any], top_k: int = 5, threshold: Threshold = "auto"
+    result: dict[str, Any],
+    top_k: int = 5,
+    threshold: Threshold = "auto",
+    event_options: EventOptions | None = None,
 ) -> dict[str, Any]:
-    """A transcription result with tensors turned into lists and readable tag windows added."""
-    ready = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+    """A transcription result with tensors turned into lists and readable tag windows added.
+
+    ``sound_events`` are detected with ``event_options``; the per-bin ``event_track`` they
+    come from is left out (25 numbers per class for every 10 s: too big for a JSON file).
+    """
+    ready = {
+        k: v.tolist() if isinstance(v, torch.Tensor) else v
+        for k, v in result.items()
+        if k != "event_track"
+    }
     if result.get("audio_tag") is not None:
         tagging = TaggingResult.from_result(result)
         ready["audio_tag"] = [[round(x, 4) for x in row] for row in tagging.logits.tolist()]
         ready["tags"] = tag_windows_json(tagging, top_k, threshold)
+        if tagging.track is not None:
+            ready["sound_events"] = [asdict(e) for e in tagging.events(event_options)]
     return ready
+
+
+def event_rows(filename: str, events: list[SoundEvent]) -> list[list[str]]:
+    """DCASE rows: file name, onset and offset in seconds, label."""
+    return [[filename, f"{e.start:.3f}", f"{e.end:.3f}", e.label] for e in events]
+
+
+def write_events_tsv(path: Path, rows: list[list[str]]) -> None:
+    """A DCASE-style event list (``filename onset offset event_label``), as sed_eval and
+    sed_scores_eval read it."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(EVENT_COLUMNS)
+        writer.writerows(rows)
 
 
 TAG_COLUMNS = ["start", "end", "label", "probability", "logit"]
@@ -93,12 +122,14 @@ def write_outputs(
     formats: list[str],
     top_k: int = 5,
     threshold: Threshold = "auto",
+    event_options: EventOptions | None = None,
     captions: CaptionStyle | None = None,
 ) -> list[Path]:
     """Write the chosen formats next to each other as ``<audio stem>.<ext>``; returns the paths.
 
-    ``captions``: ``srt`` and ``vtt`` carry captions with sound cues (docs/captions.md) and
-    the dialogue-only track goes to ``<stem>.dialogue.srt`` / ``.vtt``.
+    ``events`` is ``<stem>.events.tsv``, a DCASE event list of the file. ``captions``:
+    ``srt`` and ``vtt`` carry captions with sound cues (docs/captions.md) and the
+    dialogue-only track goes to ``<stem>.dialogue.srt`` / ``.vtt``.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,31 +137,52 @@ def write_outputs(
     written = []
     for fmt in formats:
         if captions is not None and fmt in CAPTION_WRITERS and "segments" in result:
-            written.extend(_write_captions(result, out, stem, fmt, captions))
+            events = _file_events(result, event_options)
+            written.extend(_write_captions(result, events, out, stem, fmt, captions))
         elif fmt in TRANSCRIPT_FORMATS and "segments" in result:
             get_writer(fmt, str(out))(result, str(audio_path))
             written.append(out / f"{stem}.{fmt}")
         elif fmt == "json":
             path = out / f"{stem}.json"
             with open(path, "w", encoding="utf-8") as f:
-                json.dump(json_ready(result, top_k, threshold), f, ensure_ascii=False, indent=1)
+                ready = json_ready(result, top_k, threshold, event_options)
+                json.dump(ready, f, ensure_ascii=False, indent=1)
             written.append(path)
         elif fmt == "tags" and result.get("audio_tag") is not None:
             path = out / f"{stem}.tags.tsv"
             write_tags_tsv(TaggingResult.from_result(result), path, top_k, threshold)
             written.append(path)
+        elif fmt == "events" and result.get("event_track") is not None:
+            path = out / f"{stem}.events.tsv"
+            events = _file_events(result, event_options)
+            write_events_tsv(path, event_rows(Path(audio_path).name, events))
+            written.append(path)
     return written
 
 
-def _write_captions(
-    result: dict[str, Any], out: Path, stem: str, fmt: str, style: CaptionStyle
-) -> list[Path]:
-    """``<stem>.<fmt>`` with dialogue and sound cues, ``<stem>.dialogue.<fmt>`` without."""
+def _file_events(result: dict[str, Any], event_options: EventOptions | None) -> list[SoundEvent]:
+    """The sound events of a result with ``event_options``: detected again from its event
+    track when it has one (as the JSON does), else its ``sound_events``."""
+    if result.get("event_track") is not None:
+        return TaggingResult.from_result(result).events(event_options)
     if "sound_events" not in result:
         raise ValueError(
-            "captions need the result's sound events (result['sound_events']); this result has none"
+            "captions need the result's sound events (result['sound_events']); this result has "
+            "none (no tagging head?)"
         )
+    return result_events(result)
+
+
+def _write_captions(
+    result: dict[str, Any],
+    events: list[SoundEvent],
+    out: Path,
+    stem: str,
+    fmt: str,
+    style: CaptionStyle,
+) -> list[Path]:
+    """``<stem>.<fmt>`` with dialogue and sound cues, ``<stem>.dialogue.<fmt>`` without."""
     captions = out / f"{stem}.{fmt}"
-    captions.write_text(CAPTION_WRITERS[fmt](result_cues(result, style)), encoding="utf-8")
+    captions.write_text(CAPTION_WRITERS[fmt](result_cues(result, style, events)), encoding="utf-8")
     get_writer(fmt, str(out))(result, f"{stem}.dialogue.{fmt}")
     return [captions, out / f"{stem}.dialogue.{fmt}"]
