@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .audio import audio_duration
+from .captions import CaptionStyle, parse_caption_classes
 from .engines import ENGINES
 from .events import EventOptions, SoundEvent
 from .heads import HeadError
@@ -95,6 +96,25 @@ def threshold_argument(text: str) -> Threshold:
         value = math.nan
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected auto or a probability in [0, 1], got {text!r}")
+    return value
+
+
+def _caption_classes(text: str) -> frozenset[str]:
+    """A caption allow-list: a comma list of class names or a file of them."""
+    try:
+        return parse_caption_classes(text)
+    except (OSError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _caption_seconds(text: str) -> float:
+    """A minimum cue duration: seconds in [0, 60)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 60.0:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 60, got {text!r}")
     return value
 
 
@@ -246,7 +266,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode 30 s chunks of all files this many at a time (ct2 engine; chunks are "
         "decoded independently, as faster-whisper's batched pipeline does)",
     )
+    captions = parser.add_argument_group("captions with sound cues (docs/captions.md)")
+    captions.add_argument(
+        "--captions",
+        action="store_true",
+        help="srt and vtt carry dialogue and sound cues ([applause]); the dialogue-only "
+        "track goes to NAME.dialogue.srt / .vtt",
+    )
+    captions.add_argument(
+        "--caption-style",
+        choices=["lower", "upper"],
+        default="lower",
+        help="[dog barking] or [DOG BARKING] (default: lower)",
+    )
+    captions.add_argument(
+        "--caption-classes",
+        type=_caption_classes,
+        help="classes worth a sound cue: a comma list of AudioSet names or a file with one "
+        "per line (default: every class with a caption phrase except speech)",
+    )
+    captions.add_argument(
+        "--caption-min-duration",
+        type=_caption_seconds,
+        default=CaptionStyle.min_duration,
+        help=f"seconds a cue stays on screen at least (default: {CaptionStyle.min_duration:g})",
+    )
     return parser
+
+
+def caption_style(args: argparse.Namespace) -> CaptionStyle | None:
+    """The captions the command line asks for, or None without --captions."""
+    if not getattr(args, "captions", False):
+        return None
+    return CaptionStyle(
+        case=args.caption_style,
+        min_duration=args.caption_min_duration,
+        classes=args.caption_classes,
+    )
 
 
 def build_tag_parser() -> argparse.ArgumentParser:
@@ -362,7 +418,14 @@ def _report_tags(path: str, tagging: TaggingResult, args: argparse.Namespace) ->
 def _write(result: dict[str, Any], path: str, args: argparse.Namespace) -> None:
     formats, top_k, threshold = args.output_format, args.top_k, args.threshold
     written = write_outputs(
-        result, path, args.output_dir, formats, top_k, threshold, args.event_options
+        result,
+        path,
+        args.output_dir,
+        formats,
+        top_k,
+        threshold,
+        args.event_options,
+        captions=caption_style(args),
     )
     _report_written(written)
 
@@ -472,6 +535,11 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         return
     if not args.audio:
         parser.error("no audio files given")
+    if getattr(args, "captions", False):
+        if not {"srt", "vtt"} & set(args.output_format):
+            parser.error("--captions writes srt or vtt: add them to --output-format")
+        if args.head == "none":
+            parser.error("--captions reads the sound events: it needs a head, not --head none")
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         parser.error(f"argument --output-dir: {output_dir} exists and is not a folder")

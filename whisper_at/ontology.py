@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache, lru_cache
 from importlib import resources
 
-from .labels import LabelSet
+from .labels import LabelSet, audioset_labels
 
 
 @lru_cache(maxsize=1)
@@ -85,3 +86,52 @@ def ancestors_at_depth(labels: LabelSet, index: int, depth: int) -> list[int]:
     """The classes ``index`` is reported as when rolled up to ``depth`` (0: the most
     general); a class on a path shorter than that stays itself. Sorted, no repeats."""
     return sorted({path[min(depth, len(path) - 1)] for path in label_paths(labels, index)})
+
+
+def ancestors(node: str) -> frozenset[str]:
+    """Every ontology node above ``node`` (any path), nodes outside the 527 classes included."""
+    return frozenset(_ancestors(node))
+
+
+@lru_cache(maxsize=1)
+def ontology_children() -> dict[str, tuple[str, ...]]:
+    """Every ontology node with children: id -> its children's ids."""
+    children: dict[str, list[str]] = defaultdict(list)
+    for child, parents in ontology_parents().items():
+        for parent in parents:
+            children[parent].append(child)
+    return {parent: tuple(ids) for parent, ids in children.items()}
+
+
+def descendants(node: str) -> frozenset[str]:
+    """Every ontology node below ``node``."""
+    seen: set[str] = set()
+    todo = list(ontology_children().get(node, ()))
+    while todo:
+        child = todo.pop()
+        if child not in seen:
+            seen.add(child)
+            todo.extend(ontology_children().get(child, ()))
+    return frozenset(seen)
+
+
+@cache
+def class_ancestors(name: str) -> frozenset[str]:
+    """Display names of the AudioSet classes above the class ``name`` (captions drop a
+    class when a more specific one is present). A name outside AudioSet has none."""
+    return _class_names(ancestors, name)
+
+
+@cache
+def class_descendants(name: str) -> frozenset[str]:
+    """Display names of the AudioSet classes below the class ``name``."""
+    return _class_names(descendants, name)
+
+
+def _class_names(relatives: Callable[[str], frozenset[str]], name: str) -> frozenset[str]:
+    labels = audioset_labels()
+    if name not in labels.names:
+        return frozenset()
+    names = dict(zip(labels.ids, labels.names, strict=True))
+    found = relatives(labels.ids[labels.names.index(name)])
+    return frozenset(names[mid] for mid in found if mid in names)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from whisper.utils import get_writer
 
+from .captions import CAPTION_WRITERS, CaptionStyle, result_cues, result_events
 from .events import EventOptions, SoundEvent
 from .tagging import TaggingResult, Threshold
 
@@ -122,17 +123,23 @@ def write_outputs(
     top_k: int = 5,
     threshold: Threshold = "auto",
     event_options: EventOptions | None = None,
+    captions: CaptionStyle | None = None,
 ) -> list[Path]:
     """Write the chosen formats next to each other as ``<audio stem>.<ext>``; returns the paths.
 
-    ``events`` is ``<stem>.events.tsv``, a DCASE event list of the file.
+    ``events`` is ``<stem>.events.tsv``, a DCASE event list of the file. ``captions``:
+    ``srt`` and ``vtt`` carry captions with sound cues (docs/captions.md) and the
+    dialogue-only track goes to ``<stem>.dialogue.srt`` / ``.vtt``.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(audio_path).stem
     written = []
     for fmt in formats:
-        if fmt in TRANSCRIPT_FORMATS and "segments" in result:
+        if captions is not None and fmt in CAPTION_WRITERS and "segments" in result:
+            events = _file_events(result, event_options)
+            written.extend(_write_captions(result, events, out, stem, fmt, captions))
+        elif fmt in TRANSCRIPT_FORMATS and "segments" in result:
             get_writer(fmt, str(out))(result, str(audio_path))
             written.append(out / f"{stem}.{fmt}")
         elif fmt == "json":
@@ -147,7 +154,35 @@ def write_outputs(
             written.append(path)
         elif fmt == "events" and result.get("event_track") is not None:
             path = out / f"{stem}.events.tsv"
-            events = TaggingResult.from_result(result).events(event_options)
+            events = _file_events(result, event_options)
             write_events_tsv(path, event_rows(Path(audio_path).name, events))
             written.append(path)
     return written
+
+
+def _file_events(result: dict[str, Any], event_options: EventOptions | None) -> list[SoundEvent]:
+    """The sound events of a result with ``event_options``: detected again from its event
+    track when it has one (as the JSON does), else its ``sound_events``."""
+    if result.get("event_track") is not None:
+        return TaggingResult.from_result(result).events(event_options)
+    if "sound_events" not in result:
+        raise ValueError(
+            "captions need the result's sound events (result['sound_events']); this result has "
+            "none (no tagging head?)"
+        )
+    return result_events(result)
+
+
+def _write_captions(
+    result: dict[str, Any],
+    events: list[SoundEvent],
+    out: Path,
+    stem: str,
+    fmt: str,
+    style: CaptionStyle,
+) -> list[Path]:
+    """``<stem>.<fmt>`` with dialogue and sound cues, ``<stem>.dialogue.<fmt>`` without."""
+    captions = out / f"{stem}.{fmt}"
+    captions.write_text(CAPTION_WRITERS[fmt](result_cues(result, style, events)), encoding="utf-8")
+    get_writer(fmt, str(out))(result, f"{stem}.dialogue.{fmt}")
+    return [captions, out / f"{stem}.dialogue.{fmt}"]

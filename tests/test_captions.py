@@ -1,0 +1,298 @@
+"""Captions with sound cues: the phrase table, the ontology it leans on, cue merging, styles,
+the allow-list, and SRT / WebVTT files that maintained subtitle libraries parse."""
+
+import csv
+import itertools
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import pysubs2
+import pytest
+import webvtt
+
+from whisper_at.captions import (
+    CaptionStyle,
+    Cue,
+    caption_cues,
+    caption_phrases,
+    default_caption_classes,
+    parse_caption_classes,
+    result_cues,
+    speech_classes,
+    srt_text,
+    vtt_text,
+)
+from whisper_at.cli import main
+from whisper_at.events import SoundEvent
+from whisper_at.heads import load_head
+from whisper_at.labels import audioset_labels
+from whisper_at.ontology import class_ancestors, class_descendants, ontology_children
+from whisper_at.writers import write_outputs
+
+ASSETS = Path(__file__).parent.parent / "whisper_at" / "assets"
+SPEECH = str(Path(__file__).parent.parent / "examples" / "librivox_sense_and_sensibility.wav")
+
+
+def event(label: str, start: float, end: float, probability: float = 0.8) -> SoundEvent:
+    return SoundEvent(label, audioset_labels().index(label), start, end, probability)
+
+
+def segment(start: float, end: float, text: str, **extra: object) -> dict:
+    return {"start": start, "end": end, "text": f" {text}", **extra}
+
+
+# --- the phrase table and the ontology ---------------------------------------------------
+
+
+@pytest.mark.parametrize("head", sorted((ASSETS / "heads").glob("*.safetensors")), ids=str)
+def test_every_class_a_shipped_head_reports_has_a_phrase(head: Path) -> None:
+    config = load_head(head).config
+    reported = {config.label_names[i] for i in config.reported_classes}
+    assert reported and reported <= set(caption_phrases())
+
+
+def test_phrases_are_short_lowercase_descriptions_of_audioset_classes() -> None:
+    proper_nouns = {"Hammond organ", "French horn", "Middle Eastern music", "Latin music"}
+    proper_nouns |= {"African music", "Asian music"}
+    assert set(caption_phrases()) <= set(audioset_labels().names)
+    for name, phrase in caption_phrases().items():
+        assert phrase == phrase.strip() and 0 < len(phrase.split()) <= 3, name
+        assert phrase == phrase.lower() or phrase in proper_nouns, name
+    assert caption_phrases()["Bark"] == "dog barking"
+    assert caption_phrases()["Applause"] == "applause"
+
+
+def test_ontology_table_holds_every_class_under_its_published_name() -> None:
+    labels = audioset_labels()
+    with open(ASSETS / "audioset_ontology_children.tsv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    names = dict(zip(labels.ids, labels.names, strict=True))
+    for row in rows:
+        assert row["parent_id"] not in names or names[row["parent_id"]] == row["parent_name"]
+    mentioned = {row["parent_id"] for row in rows} | {
+        c for row in rows for c in row["child_ids"].split()
+    }
+    assert set(labels.ids) <= mentioned  # no class lost to a mistyped id
+    assert len(ontology_children()) == len(rows)
+
+
+def test_ontology_relations_are_the_published_ones() -> None:
+    assert class_ancestors("Bark") == {"Dog", "Domestic animals, pets", "Animal"}
+    assert class_ancestors("Rain") == {"Water"}
+    assert class_ancestors("Drum roll") >= {"Snare drum", "Drum", "Percussion", "Music"}
+    assert class_ancestors("Cowbell") >= {"Cattle, bovinae", "Percussion", "Bell"}
+    assert class_descendants("Speech") == {
+        "Male speech, man speaking",
+        "Female speech, woman speaking",
+        "Child speech, kid speaking",
+        "Conversation",
+        "Narration, monologue",
+        "Babbling",
+        "Speech synthesizer",
+    }
+    assert class_ancestors("not a class") == frozenset()
+
+
+def test_default_allow_list_leaves_out_speech() -> None:
+    allowed = default_caption_classes()
+    assert not allowed & speech_classes()
+    assert {"Applause", "Bark", "Music", "Singing"} <= allowed
+
+
+def test_allow_list_parses_names_and_files(tmp_path: Path) -> None:
+    assert parse_caption_classes("applause, Bark") == {"Applause", "Bark"}
+    listing = tmp_path / "classes.txt"
+    listing.write_text("# what we caption\nApplause\nGunshot, gunfire  # not shipped\n")
+    with pytest.raises(ValueError, match="Gunshot, gunfire"):
+        parse_caption_classes(str(listing))
+    listing.write_text("# what we caption\nApplause\n\nMusic\n")
+    assert parse_caption_classes(str(listing)) == {"Applause", "Music"}
+    with pytest.raises(ValueError, match="Barkk"):
+        parse_caption_classes("Applause,Barkk")
+
+
+# --- cue merging -------------------------------------------------------------------------
+
+SEGMENTS = [segment(2.0, 5.0, "Hello there."), segment(8.0, 10.0, "La la la")]
+EVENTS = [
+    event("Applause", 0.0, 2.5, 0.9),
+    event("Bark", 5.2, 5.5, 0.8),
+    event("Dog", 5.0, 7.0, 0.7),
+    event("Animal", 5.0, 7.5, 0.6),
+    event("Singing", 7.5, 10.5, 0.8),
+    event("Music", 7.5, 12.0, 0.9),
+    event("Speech", 2.0, 5.0, 0.99),
+]
+
+
+def test_dialogue_and_sound_cues_on_one_time_line() -> None:
+    assert caption_cues(SEGMENTS, EVENTS, duration=12.0) == [
+        Cue(0.0, 2.0, "[applause]"),
+        Cue(2.0, 5.0, "", "Hello there."),
+        Cue(5.0, 7.0, "[dog barking]"),  # the 0.3 s bark joins the dog; no [dog], no [animal]
+        Cue(7.0, 8.0, "[music] [singing]"),
+        Cue(8.0, 10.0, "", "♪ La la la ♪"),  # sung: the notes say it, not [singing]
+        Cue(10.0, 12.0, "[music] [singing]"),
+    ]
+
+
+def test_prefix_mode_names_sounds_heard_during_dialogue() -> None:
+    cues = caption_cues(SEGMENTS, EVENTS, CaptionStyle(combine="prefix"), duration=12.0)
+    assert cues[1] == Cue(2.0, 5.0, "[applause]", "Hello there.")
+
+
+def test_a_sound_heard_only_under_dialogue_tops_that_dialogue_cue() -> None:
+    cues = caption_cues(
+        [segment(0.0, 4.0, "Thank you all.")], [event("Applause", 1.0, 3.0)], duration=4.0
+    )
+    assert cues == [Cue(0.0, 4.0, "[applause]", "Thank you all.")]
+    assert cues[0].text == "[applause]\nThank you all."
+
+
+def test_upper_case_style_and_no_music_notes() -> None:
+    style = CaptionStyle(case="upper", music_notes=False)
+    cues = caption_cues(SEGMENTS, EVENTS, style, duration=12.0)
+    assert cues[0].sound == "[APPLAUSE]"
+    assert cues[4] == Cue(8.0, 10.0, "", "La la la")
+
+
+def test_allow_list_decides_which_sounds_get_cues() -> None:
+    style = CaptionStyle(classes=frozenset({"Applause", "Dog"}))
+    cues = caption_cues(SEGMENTS, EVENTS, style, duration=12.0)
+    assert [c.sound for c in cues if c.sound] == ["[applause]", "[dog]"]
+    assert cues[-1].dialogue == "La la la"  # no singing shown, so no notes
+
+
+def test_most_specific_classes_first_and_at_most_max_labels() -> None:
+    events = [event("Rain", 0, 3, 0.6), event("Water", 0, 3, 0.9), event("Thunder", 0, 3, 0.7)]
+    assert caption_cues([], events, duration=3.0) == [Cue(0.0, 3.0, "[thunder] [rain]")]
+    style = CaptionStyle(max_labels=1)
+    assert caption_cues([], events, style, duration=3.0) == [Cue(0.0, 3.0, "[thunder]")]
+
+
+def test_short_cues_last_the_minimum_duration_where_there_is_room() -> None:
+    cues = caption_cues([segment(1.0, 1.3, "Hi.")], [event("Knock", 5.0, 5.2)], duration=8.0)
+    assert cues == [Cue(1.0, 2.0, "", "Hi."), Cue(5.0, 6.0, "[knocking]")]
+    style = CaptionStyle(min_duration=0.0)
+    cues = caption_cues([segment(1.0, 1.3, "Hi.")], [event("Knock", 5.0, 5.2)], style, 8.0)
+    assert cues == [Cue(1.0, 1.3, "", "Hi."), Cue(5.0, 5.2, "[knocking]")]
+
+
+def test_a_sound_too_short_for_its_gap_joins_the_next_dialogue_cue() -> None:
+    segments = [segment(0.0, 2.0, "Who's there?"), segment(2.3, 4.0, "Open up!")]
+    cues = caption_cues(segments, [event("Knock", 2.0, 2.3)], duration=4.0)
+    assert cues == [Cue(0.0, 2.0, "", "Who's there?"), Cue(2.0, 4.0, "[knocking]", "Open up!")]
+
+
+def test_non_speech_segments_give_their_time_to_the_sounds() -> None:
+    segments = [segment(0.0, 3.0, "Thank you.", non_speech=True), segment(3.0, 5.0, "Right.")]
+    events = [event("Music", 0.0, 3.0)]
+    kept = caption_cues(segments, events, duration=5.0)
+    assert [c.dialogue for c in kept] == ["Thank you.", "Right."]
+    dropped = caption_cues(segments, events, duration=5.0, drop_non_speech=True)
+    assert dropped == [Cue(0.0, 3.0, "[music]"), Cue(3.0, 5.0, "", "Right.")]
+    result = {"segments": segments[1:], "suppressed_segments": segments[:1], "duration": 5.0}
+    result["sound_events"] = [
+        {"label": e.label, "index": e.index, "start": e.start, "end": e.end, "probability": 0.8}
+        for e in events
+    ]
+    assert result_cues(result) == dropped
+
+
+def test_cues_never_overlap_and_stay_within_the_audio() -> None:
+    rng = random.Random(0)
+    labels = sorted(default_caption_classes())
+    for style in (CaptionStyle(), CaptionStyle(combine="prefix", min_duration=2.0)):
+        for _ in range(200):
+            duration = rng.uniform(1, 60)
+            segments = [
+                segment(s, s + rng.uniform(0, 6), "words")
+                for s in sorted(rng.uniform(-1, duration + 1) for _ in range(rng.randint(0, 8)))
+            ]
+            events = [
+                event(rng.choice(labels), s, s + rng.uniform(0.05, 10), rng.random())
+                for s in (rng.uniform(-1, duration) for _ in range(rng.randint(0, 12)))
+            ]
+            cues = caption_cues(segments, events, style, duration)
+            for cue in cues:
+                assert 0.0 <= cue.start < cue.end <= round(duration, 3)
+                assert cue.text
+            for a, b in itertools.pairwise(cues):
+                assert a.end <= b.start
+
+
+def test_style_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="case"):
+        CaptionStyle(case="title")
+    with pytest.raises(ValueError, match="combine"):
+        CaptionStyle(combine="both")
+    with pytest.raises(ValueError, match="min_duration"):
+        CaptionStyle(min_duration=-1)
+    with pytest.raises(ValueError, match="max_labels"):
+        CaptionStyle(max_labels=0)
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def test_srt_and_vtt_parse_with_subtitle_libraries(tmp_path: Path) -> None:
+    cues = caption_cues(SEGMENTS, EVENTS, duration=12.0)
+    (tmp_path / "c.srt").write_text(srt_text(cues), encoding="utf-8")
+    (tmp_path / "c.vtt").write_text(vtt_text(cues), encoding="utf-8")
+    subs = pysubs2.load(str(tmp_path / "c.srt"))
+    assert [(e.start, e.end) for e in subs] == [(c.start * 1000, c.end * 1000) for c in cues]
+    assert subs[0].plaintext == "[applause]"
+    assert subs[4].plaintext == "♪ La la la ♪"
+    vtt = webvtt.read(str(tmp_path / "c.vtt"))
+    assert [(c.start_in_seconds, c.end_in_seconds) for c in vtt] == [(c.start, c.end) for c in cues]
+    assert vtt.captions[0].raw_text == "<c.sound>[applause]</c>"
+    assert vtt.captions[0].text == "[applause]"
+    assert vtt.captions[1].raw_text == "Hello there."
+
+
+def test_write_outputs_keeps_a_dialogue_only_track(tmp_path: Path) -> None:
+    result = {
+        "text": " Hello there. La la la",
+        "segments": SEGMENTS,
+        "duration": 12.0,
+        "sound_events": [asdict(e) for e in EVENTS],
+    }
+    written = write_outputs(result, "film.mp4", tmp_path, ["srt", "vtt"], captions=CaptionStyle())
+    names = sorted(p.name for p in written)
+    assert names == ["film.dialogue.srt", "film.dialogue.vtt", "film.srt", "film.vtt"]
+    assert [e.plaintext for e in pysubs2.load(str(tmp_path / "film.dialogue.srt"))] == [
+        "Hello there.",
+        "La la la",
+    ]
+    assert len(pysubs2.load(str(tmp_path / "film.srt"))) == 6
+    assert "<c.sound>[dog barking]</c>" in (tmp_path / "film.vtt").read_text(encoding="utf-8")
+    del result["sound_events"]
+    with pytest.raises(ValueError, match="sound events"):
+        write_outputs(result, "film.mp4", tmp_path, ["srt"], captions=CaptionStyle())
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--captions"], "add them to --output-format"),
+        (["--captions", "--output-format", "srt", "--head", "none"], "needs a head"),
+        (["--caption-classes", "Applause,Barkk"], "unknown caption class(es) ['Barkk']"),
+        (["--caption-min-duration", "-1"], "expected seconds from 0 to 60"),
+        (["--caption-style", "title"], "invalid choice"),
+    ],
+)
+def test_caption_usage_errors_come_before_the_model_loads(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([SPEECH, "--model", "no-such-model", *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "no-such-model" not in err
+
+
+def test_dialogue_never_shows_before_it_is_said() -> None:
+    segments = [segment(2.0, 2.4, "No."), segment(2.4, 4.0, "Never.")]
+    cues = caption_cues(segments, [], duration=4.0)
+    assert cues == [Cue(2.0, 2.4, "", "No."), Cue(2.4, 4.0, "", "Never.")]
