@@ -19,6 +19,7 @@ import pytest
 
 import whisper_at
 from whisper_at.audio import AudioError, audio_duration
+from whisper_at.captions import result_cues, srt_text, vtt_text
 from whisper_at.cli import main as cli_main
 from whisper_at.server import BackgroundServer, ServerConfig, create_app
 
@@ -99,6 +100,17 @@ def test_srt_and_vtt(client, reference):
     with open(EXAMPLE, "rb") as f:
         vtt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="vtt")
     assert vtt == f"WEBVTT\n\n00:00.000 --> 00:07.000\n{segment['text'].strip()}\n\n"
+    # captions=true: captions with sound cues, as `whisper-at --captions` writes them
+    for response_format, write in (("srt", srt_text), ("vtt", vtt_text)):
+        with open(EXAMPLE, "rb") as f:
+            captions = client.audio.transcriptions.create(
+                model="whisper-1",
+                file=f,
+                response_format=response_format,
+                extra_body={"captions": "true", "at_time_res": "2"},
+            )
+        assert captions == write(result_cues(reference))
+        assert "[" in captions  # a sound cue: the reading has sounds under it
 
 
 def test_verbose_json_with_words_and_tags(client, model, reference):
@@ -137,6 +149,13 @@ def test_verbose_json_with_words_and_tags(client, model, reference):
     assert {"label": "Speech", "index": 0, "start": 0.0, "end": 7.1} in [
         {k: e[k] for k in ("label", "index", "start", "end")} for e in extra["sound_events"]
     ]
+    answered = {
+        "segments": [s.model_dump() for s in result.segments],
+        "sound_events": extra["sound_events"],
+        "duration": result.duration,
+    }  # word timestamps move the segment ends a little: the cues follow the answer's
+    assert extra["caption_cues"] == [asdict(cue) for cue in result_cues(answered)]
+    assert extra["caption_cues"][0]["sound"] == "[instrumental music]"
     curves = extra["class_curves"]
     assert len(curves) == 8 and all(len(c["probabilities"]) == 4 for c in curves)
     assert curves[0]["label"] in ("Speech", "Narration, monologue")
@@ -254,6 +273,7 @@ def test_bad_fields(server):
         "temperature": ({"temperature": "hot"}, 400),
         "language": ({"language": "klingon"}, 400),
         "timestamp_granularities": ({"timestamp_granularities[]": "char"}, 400),
+        "captions": ({"captions": "maybe"}, 400),
     }
     for param, (data, status) in cases.items():
         response = post(data)

@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 import whisper_at
@@ -155,12 +156,28 @@ def test_upload_transcript_timeline_click_download(browser, server, speech_wav, 
         10,
     )
 
-    browser.find_element(By.ID, "dl-srt").click()
-    srt = downloads / "reading.srt"
-    wait_for(browser, srt.exists, 10)
-    captions = srt.read_text()
+    # the downloads are the text the API gives for the same file and options
+    for link, name, form in (
+        ("dl-srt", "reading.srt", {"response_format": "srt"}),
+        ("dl-vtt", "reading.vtt", {"response_format": "vtt"}),
+        ("dl-srt-sounds", "reading.captions.srt", {"response_format": "srt", "captions": "true"}),
+        ("dl-vtt-sounds", "reading.captions.vtt", {"response_format": "vtt", "captions": "true"}),
+    ):
+        browser.find_element(By.ID, link).click()
+        path = downloads / name
+        wait_for(browser, path.exists, 10)
+        with open(speech_wav, "rb") as f:
+            api = httpx.post(
+                server.url + "/v1/audio/transcriptions",
+                files={"file": f},
+                data={**form, "at_time_res": "2"},
+                timeout=120,
+            )
+        assert path.read_text(encoding="utf-8") == api.text, name
+    captions = (downloads / "reading.srt").read_text()
     assert captions.startswith("1\n00:00:00,000 --> ") and "Dashwood" in captions
     assert captions.count(" --> ") == len(items)
+    assert "[" in (downloads / "reading.captions.srt").read_text()  # sound cues
 
     browser.execute_script("window.scrollTo(0, 0)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

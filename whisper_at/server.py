@@ -45,6 +45,7 @@ from whisper.utils import WriteSRT, WriteVTT
 
 from . import __version__
 from .audio import AudioError, audio_duration
+from .captions import CAPTION_WRITERS, CaptionStyle, result_cues
 from .pipeline import WhisperAT
 from .tagging import TaggingResult, Threshold, bins_per_window
 from .writers import tag_windows_json
@@ -334,12 +335,17 @@ def verbose_body(
         body["words"] = all_words
     if result.get("audio_tag") is not None:
         body.update(tag_fields(TaggingResult.from_result(result), top_k, threshold))
+    if "sound_events" in result:
+        body["caption_cues"] = [asdict(cue) for cue in result_cues(result)]
     body["whisper_at"] = result.get("whisper_at")
     return body
 
 
-def subtitles(result: dict[str, Any], response_format: str) -> str:
-    """SRT or WebVTT text, written by openai-whisper's own writers (as the CLI's files)."""
+def subtitles(result: dict[str, Any], response_format: str, captions: bool = False) -> str:
+    """SRT or WebVTT text, as the CLI's files: the dialogue by openai-whisper's own writers,
+    or with ``captions`` the captions with sound cues (whisper_at.captions)."""
+    if captions:
+        return CAPTION_WRITERS[response_format](result_cues(result, CaptionStyle()))
     writer = (WriteSRT if response_format == "srt" else WriteVTT)(".")
     text = io.StringIO()
     writer.write_result(result, text, {"max_line_width": None, "max_line_count": None})
@@ -357,6 +363,13 @@ def _number(upload: Upload, name: str, default: float) -> float:
     if not math.isfinite(value):
         raise ApiError(400, f"{name} must be a number, got {text!r}", param=name)
     return value
+
+
+def _flag(upload: Upload, name: str) -> bool:
+    text = (upload.value(name) or "false").lower()
+    if text not in ("true", "false"):
+        raise ApiError(400, f"{name} must be true or false, got {text!r}", param=name)
+    return text == "true"
 
 
 @dataclass
@@ -623,6 +636,7 @@ class TranscriptionForm:
     response_format: str
     stream: bool
     words: bool
+    captions: bool
     tag: TagOptions
     options: dict[str, Any]
 
@@ -655,9 +669,13 @@ class TranscriptionForm:
                 f"timestamp_granularities must be segment or word, got {sorted(unknown)}",
                 param="timestamp_granularities",
             )
-        stream = (upload.value("stream") or "false").lower()
-        if stream not in ("true", "false"):
-            raise ApiError(400, f"stream must be true or false, got {stream!r}", param="stream")
+        stream, captions = _flag(upload, "stream"), _flag(upload, "captions")
+        if captions and model.head is None:
+            raise ApiError(
+                400,
+                f"captions with sound cues need a tagging head; none is installed for {model.name}",
+                param="captions",
+            )
         temperature = _number(upload, "temperature", 0.0)
         if not 0.0 <= temperature <= 1.0:
             raise ApiError(400, "temperature must be between 0 and 1", param="temperature")
@@ -680,8 +698,9 @@ class TranscriptionForm:
             options["initial_prompt"] = upload.value("prompt")
         return cls(
             response_format,
-            stream == "true",
+            stream,
             "word" in granularities,
+            captions,
             tag_options(upload, config),
             options,
         )
@@ -714,7 +733,7 @@ class TranscriptionForm:
         if self.response_format == "text":
             return PlainTextResponse(result["text"])
         if self.response_format in ("srt", "vtt"):
-            return PlainTextResponse(subtitles(result, self.response_format))
+            return PlainTextResponse(subtitles(result, self.response_format, self.captions))
         return JSONResponse(verbose_body(result, self.words, self.tag.top_k, self.tag.threshold))
 
     async def events(

@@ -29,11 +29,13 @@ function seek(seconds) {
   audio.play().catch(() => {}); // autoplay may be refused; the position is set anyway
 }
 
-function clock(seconds, separator) {
+// HH:MM:SS,mmm as the server's files have it (hours optional: WebVTT from openai-whisper)
+function clock(seconds, separator, hours = true) {
   const ms = Math.round(seconds * 1000);
   const pad = (n, w = 2) => String(n).padStart(w, "0");
   const h = Math.floor(ms / 3600000), m = Math.floor(ms / 60000) % 60, s = Math.floor(ms / 1000) % 60;
-  return `${pad(h)}:${pad(m)}:${pad(s)}${separator}${pad(ms % 1000, 3)}`;
+  const head = hours || h > 0 ? `${pad(h)}:` : "";
+  return `${head}${pad(m)}:${pad(s)}${separator}${pad(ms % 1000, 3)}`;
 }
 
 function short(seconds) {
@@ -153,13 +155,33 @@ function drawTimeline(body) {
   $("timeline-section").hidden = false;
 }
 
-// --- downloads ------------------------------------------------------------------------
-function captions(vtt) {
+// --- downloads: the same text as the API's srt / vtt (with captions=true for the cues) --
+function dialogue(vtt) {
   const blocks = state.segments.map((s, i) => {
-    const times = `${clock(s.start, vtt ? "." : ",")} --> ${clock(s.end, vtt ? "." : ",")}`;
-    return vtt ? `${times}\n${s.text.trim()}\n` : `${i + 1}\n${times}\n${s.text.trim()}\n`;
+    const times = `${clock(s.start, vtt ? "." : ",", !vtt)} --> ${clock(s.end, vtt ? "." : ",", !vtt)}`;
+    const text = s.text.trim().replaceAll("-->", "->");
+    return vtt ? `${times}\n${text}\n\n` : `${i + 1}\n${times}\n${text}\n\n`;
   });
-  return (vtt ? "WEBVTT\n\n" : "") + blocks.join("\n");
+  return (vtt ? "WEBVTT\n\n" : "") + blocks.join("");
+}
+
+function escapeVtt(text) {
+  return text.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
+}
+
+// captions with sound cues ([dog barking]) from the server's caption_cues
+function cueCaptions(cues, vtt) {
+  if (!vtt) {
+    return cues.map((c, i) => `${i + 1}\n${clock(c.start, ",")} --> ${clock(c.end, ",")}\n` +
+      `${[c.sound, c.dialogue].filter(Boolean).join("\n")}\n`).join("\n");
+  }
+  const blocks = cues.map((c) => {
+    const lines = [];
+    if (c.sound) lines.push(`<c.sound>${escapeVtt(c.sound)}</c>`);
+    if (c.dialogue) lines.push(escapeVtt(c.dialogue));
+    return `${clock(c.start, ".")} --> ${clock(c.end, ".")}\n${lines.join("\n")}\n`;
+  });
+  return ["WEBVTT\n", ...blocks].join("\n");
 }
 
 function offer(id, name, text, type) {
@@ -172,8 +194,14 @@ function offer(id, name, text, type) {
 function offerDownloads(body) {
   const stem = (state.file.name || "audio").replace(/\.[^.]*$/, "");
   offer("dl-txt", `${stem}.txt`, state.segments.map((s) => s.text.trim()).join("\n") + "\n", "text/plain");
-  offer("dl-srt", `${stem}.srt`, captions(false), "application/x-subrip");
-  offer("dl-vtt", `${stem}.vtt`, captions(true), "text/vtt");
+  offer("dl-srt", `${stem}.srt`, dialogue(false), "application/x-subrip");
+  offer("dl-vtt", `${stem}.vtt`, dialogue(true), "text/vtt");
+  const cues = body.caption_cues;
+  $("dl-sounds").hidden = !cues;
+  if (cues) {
+    offer("dl-srt-sounds", `${stem}.captions.srt`, cueCaptions(cues, false), "application/x-subrip");
+    offer("dl-vtt-sounds", `${stem}.captions.vtt`, cueCaptions(cues, true), "text/vtt");
+  }
   offer("dl-json", `${stem}.json`, JSON.stringify(body, null, 1), "application/json");
 }
 
