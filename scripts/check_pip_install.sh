@@ -14,6 +14,8 @@
 #   d. research subcommands without the [research] extra: exit 2, the install hint, no traceback
 #      (and `whisper-at corpus --help`, which needs no extra, works)
 #   e. the research dependencies (scikit-learn, scipy, matplotlib, jiwer) are not installed
+#   f. whisper-at serve: /health, the page at / (its files ship in the wheel) and a
+#      transcription of the example over HTTP
 # and prints the size of the environment's site-packages, its biggest distributions and
 # `pip list`. Exits non-zero, saying which check failed, on any failure. The temporary
 # folder (venv, wheel, outputs, whisper-at's cache) is removed at exit.
@@ -47,7 +49,11 @@ case "${1:-}" in
 esac
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/whisper-at-pip-check.XXXXXX")"
-cleanup() { rm -rf "$WORK"; }
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 fail() {
@@ -256,6 +262,61 @@ done
 # ... and the runtime imports without them
 "$VPY" -c "import whisper_at, whisper_at.cli, whisper_at.engines.ct2" ||
     fail "e. the runtime does not import in a plain install"
+
+step "f. whisper-at serve"
+PORT="$("$VPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+whisper-at serve --port "$PORT" --temp-dir "$WORK/serve-tmp" >"$WORK/f.log" 2>&1 </dev/null &
+SERVER_PID=$!
+if ! "$VPY" - "$PORT" "$AUDIO" "${WORDS[0]}" >"$WORK/f-client.log" 2>&1 <<'EOF'; then
+import http.client
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+port, audio, word = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+for _ in range(240):  # the model loads first
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("GET", "/health")
+        health = json.loads(connection.getresponse().read())
+        break
+    except OSError:
+        time.sleep(0.5)
+else:
+    sys.exit("the server did not answer /health within 2 minutes")
+print("health", health)
+connection.request("GET", "/")
+page = connection.getresponse().read().decode()
+assert "<title>whisper-at</title>" in page, page[:200]
+for asset in ("app.js", "style.css"):
+    connection.request("GET", "/" + asset)
+    assert connection.getresponse().read(), asset
+boundary = uuid.uuid4().hex
+body = (
+    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{audio.name}"'
+    "\r\n\r\n"
+).encode() + audio.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+connection.request("POST", "/v1/audio/transcriptions", body, headers)
+answer = json.loads(connection.getresponse().read())
+print(answer)
+assert word in answer["text"].lower(), answer
+print("serve: ok")
+EOF
+    show "$WORK/f.log"
+    show "$WORK/f-client.log"
+    fail "f. whisper-at serve did not answer as it should"
+fi
+cat "$WORK/f-client.log"
+kill "$SERVER_PID"
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=""
+if grep -q "Traceback" "$WORK/f.log"; then
+    show "$WORK/f.log"
+    fail "f. whisper-at serve printed a traceback"
+fi
 
 report_size
 step "all checks passed"
