@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import json
 import logging
@@ -36,6 +37,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -125,23 +127,26 @@ class Slots:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._held = 0
+        self.held: set[Slot] = set()
         self._lock = threading.Lock()
 
-    @property
-    def held(self) -> int:
-        return self._held
-
-    def acquire(self) -> bool:
+    def acquire(self, slot: Slot) -> bool:
         with self._lock:
-            if self._held >= self.capacity:
+            if len(self.held) >= self.capacity:
                 return False
-            self._held += 1
+            self.held.add(slot)
             return True
 
-    def release(self) -> None:
+    def release(self, slot: Slot) -> None:
         with self._lock:
-            self._held -= 1
+            self.held.discard(slot)
+
+    def cancel_all(self) -> None:
+        """At shutdown: every queued job dropped, every running one stopped."""
+        with self._lock:
+            jobs = [slot.job for slot in self.held if slot.job is not None]
+        for job in jobs:
+            job.cancel()
 
 
 class Slot:
@@ -150,6 +155,7 @@ class Slot:
     def __init__(self, slots: Slots, temp_dir: str | None) -> None:
         self.slots = slots
         self.folder = Path(tempfile.mkdtemp(prefix="whisper-at-", dir=temp_dir))
+        self.job: Job | None = None  # once its upload is in
         self._freed = False
         self._lock = threading.Lock()
 
@@ -159,7 +165,7 @@ class Slot:
                 return
             self._freed = True
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.slots.release()
+        self.slots.release(self)
 
 
 class Job:
@@ -177,6 +183,7 @@ class Job:
         self.future = executor.submit(self._run, work)
         # frees the slot once the work has really stopped (or was dropped from the queue)
         self.future.add_done_callback(lambda _: slot.free())
+        slot.job = self
 
     def _run(self, work: Callable[[Job], Any]) -> Any:
         self.check()
@@ -265,6 +272,8 @@ async def read_upload(request: Request, folder: Path, max_bytes: int) -> Upload:
                 raise too_large(max_bytes)
             parser.write(chunk)
         parser.finalize()
+    except MultipartParseError as e:
+        raise ApiError(400, f"malformed multipart/form-data body: {e}") from e
     finally:
         if state["file"] is not None:
             state["file"].close()
@@ -434,7 +443,9 @@ class Server:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.config.max_upload_bytes:
             raise too_large(self.config.max_upload_bytes)
-        if not self.slots.acquire():
+        slot = Slot(self.slots, self.config.temp_dir)
+        if not self.slots.acquire(slot):
+            slot.free()
             raise ApiError(
                 503,
                 f"the server is busy ({self.slots.capacity} requests admitted); retry later",
@@ -442,18 +453,11 @@ class Server:
                 code="busy",
                 headers={"Retry-After": str(self.config.retry_after)},
             )
-        try:
-            return Slot(self.slots, self.config.temp_dir)
-        except OSError:
-            self.slots.release()
-            raise
+        return slot
 
     async def receive_audio(self, request: Request, slot: Slot) -> Upload:
         """The upload, checked: present, decodable, not longer than the limit."""
-        try:
-            upload = await read_upload(request, slot.folder, self.config.max_upload_bytes)
-        except ClientDisconnect:
-            raise
+        upload = await read_upload(request, slot.folder, self.config.max_upload_bytes)
         if upload.path is None:
             raise ApiError(400, "no audio file in the request (form field 'file')", param="file")
         try:
@@ -513,7 +517,16 @@ def create_app(model: WhisperAT, config: ServerConfig | None = None) -> FastAPI:
     """The ASGI app: the API under /v1, /health, and the web page at /."""
     config = config or ServerConfig()
     server = Server(model, config)
-    app = FastAPI(title="whisper-at", version=__version__, docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        server.slots.cancel_all()  # so that stopping the server does not wait for them
+        server.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="whisper-at", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     app.state.server = server
 
     @app.exception_handler(ApiError)
@@ -523,6 +536,11 @@ def create_app(model: WhisperAT, config: ServerConfig | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return ApiError(error.status_code, str(error.detail)).response()
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, error: Exception) -> JSONResponse:
+        logger.error("unexpected error on %s: %r", request.url.path, error)
+        return ApiError(500, f"internal error: {error}", type="server_error").response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -534,7 +552,7 @@ def create_app(model: WhisperAT, config: ServerConfig | None = None) -> FastAPI:
             "status": "ok",
             "model": model.name,
             "version": __version__,
-            "jobs": server.slots.held,
+            "jobs": len(server.slots.held),
             "capacity": server.slots.capacity,
         }
 
@@ -608,7 +626,7 @@ def create_app(model: WhisperAT, config: ServerConfig | None = None) -> FastAPI:
             job = Job(server.executor, slot, work)
             try:
                 tagging = await server.finish(request, job, deadline)
-            except AudioError as e:
+            except ValueError as e:
                 raise ApiError(400, user_message(e, upload), param="file") from e
             return JSONResponse(
                 {
@@ -722,7 +740,7 @@ class TranscriptionForm:
                     on_segment=on_segment,
                     **self.options,
                 )
-            except AudioError as e:
+            except ValueError as e:  # AudioError among them: what the CLI reports as the file's
                 raise ApiError(400, user_message(e, upload), param="file") from e
 
         return run
@@ -798,7 +816,7 @@ class BackgroundServer:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, 0))
         self.url = f"http://{host}:{self.socket.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config = uvicorn.Config(app, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
