@@ -169,11 +169,16 @@ def test_verbose_json_with_words_and_tags(client, model, reference):
 def test_streaming_segments(client, server, temp_dir, long_wav, model):
     with open(long_wav, "rb") as f:
         stream = client.audio.transcriptions.create(model="whisper-1", file=f, stream=True)
-        events = list(stream)
+        events, arrived = [], []
+        for event in stream:
+            events.append(event)
+            arrived.append(time.monotonic())
     deltas = [e for e in events if e.type == "transcript.text.delta"]
     (done,) = [e for e in events if e.type == "transcript.text.done"]
     assert events[-1] is done and len(deltas) > 5
     assert "".join(e.delta for e in deltas) == done.text
+    # the segments come as they are decoded, not all at the end
+    assert arrived[-1] - arrived[0] > 1.0
     # each delta carries its segment, on the recording's time line, in order
     starts = [e.model_extra["segment"]["start"] for e in deltas]
     assert starts == sorted(starts) and starts[-1] > 80

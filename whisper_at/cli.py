@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="whisper-at",
         description="Transcribe audio with Whisper and tag its sound events from the same "
         "encoder pass. Use `whisper-at tag FILES` to tag without transcribing; "
+        "`whisper-at serve` serves an OpenAI-compatible HTTP API and a web page; "
         "`whisper-at corpus build --out DIR` builds the training corpus; `features extract`, "
         "`train`, `evaluate` train heads; `analyze` reproduces the paper's analyses.",
     )
