@@ -205,3 +205,23 @@ def test_microphone_recording(browser, server):
     duration = float(status.split(" s,")[0].split()[-1])
     assert 2.0 <= duration <= 4.5, status
     assert browser.find_elements(By.CSS_SELECTOR, "#timeline polyline.curve")
+
+
+def test_api_key_field(browser, tmp_path):
+    """A server with a key: the page asks for it, shows the 401, then works with it."""
+    key = "sk-page-test-51d2"
+    app = create_app(whisper_at.load_model("tiny.en"), ServerConfig(api_key=key))
+    with BackgroundServer(app) as keyed:
+        browser.get(keyed.url + "/")
+        field = browser.find_element(By.ID, "api-key")
+        wait_for(browser, field.is_displayed, 30)
+        example = Path(__file__).parent.parent / "examples" / "librivox_sense_and_sensibility.wav"
+        browser.find_element(By.ID, "file").send_keys(str(example))
+        browser.find_element(By.ID, "run").click()
+        status = browser.find_element(By.ID, "status")
+        wait_for(browser, lambda: status.text.startswith("Error"), 30)
+        assert "API key" in status.text
+        field.send_keys(key)
+        browser.find_element(By.ID, "run").click()
+        wait_for(browser, lambda: status.text.startswith("Done"))
+        assert "Dashwood" in browser.find_element(By.ID, "transcript").text
