@@ -296,3 +296,34 @@ def test_dialogue_never_shows_before_it_is_said() -> None:
     segments = [segment(2.0, 2.4, "No."), segment(2.4, 4.0, "Never.")]
     cues = caption_cues(segments, [], duration=4.0)
     assert cues == [Cue(2.0, 2.4, "", "No."), Cue(2.4, 4.0, "", "Never.")]
+
+
+def test_long_segments_become_cues_of_two_short_lines_timed_by_their_words() -> None:
+    words = "And Mr. John Dashwood had then leisure to consider how much there might be"
+    timed = [
+        {"word": f" {w}", "start": 9.0 + i * 0.4, "end": 9.0 + i * 0.4 + 0.3}
+        for i, w in enumerate(words.split())
+    ]
+    seg = segment(0.0, 15.0, words, words=timed)  # Whisper's segment starts before the words
+    cues = caption_cues([seg], [event("Music", 0.0, 9.0)], CaptionStyle(max_line_chars=20))
+    assert cues[0] == Cue(0.0, 9.0, "[music]")
+    assert [c.dialogue for c in cues[1:]] == [
+        "And Mr. John\nDashwood had then",
+        "leisure to consider\nhow much there might",
+        "be",
+    ]
+    # cues stay up until the next (gaps under a second); "be" (14.2-14.5 s) gets up to
+    # the minimum second, cut at the end of the audio
+    assert [(c.start, c.end) for c in cues[1:]] == [(9.0, 11.4), (11.4, 14.2), (14.2, 15.0)]
+    assert all(len(line) <= 20 for c in cues for line in c.dialogue.splitlines())
+
+
+def test_short_gaps_in_a_conversation_over_music_stay_closed() -> None:
+    segments = [segment(0.0, 2.0, "One."), segment(2.3, 4.0, "Two."), segment(4.4, 6.0, "Three.")]
+    cues = caption_cues(segments, [event("Music", 0.0, 8.0)], duration=8.0)
+    assert cues == [
+        Cue(0.0, 2.3, "", "One."),
+        Cue(2.3, 4.4, "", "Two."),
+        Cue(4.4, 6.0, "", "Three."),
+        Cue(6.0, 8.0, "[music]"),
+    ]

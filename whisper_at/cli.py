@@ -270,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     captions.add_argument(
         "--captions",
         action="store_true",
-        help="srt and vtt carry dialogue and sound cues ([applause]); the dialogue-only "
-        "track goes to NAME.dialogue.srt / .vtt",
+        help="srt and vtt carry dialogue and sound cues ([applause]), timed by word "
+        "timestamps (turned on); the dialogue-only track goes to NAME.dialogue.srt / .vtt",
     )
     captions.add_argument(
         "--caption-style",
@@ -366,7 +366,8 @@ def _whisper_options(args: argparse.Namespace) -> dict[str, Any]:
         "track_options": args.track_options,
         "task": args.task,
         "temperature": args.temperature,
-        "word_timestamps": args.word_timestamps,
+        # captions time their cues by the words (a segment may start long before them)
+        "word_timestamps": args.word_timestamps or getattr(args, "captions", False),
         "condition_on_previous_text": not args.no_condition_on_previous_text,
         "verbose": False if args.debug else None,
     }
