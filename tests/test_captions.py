@@ -327,3 +327,9 @@ def test_short_gaps_in_a_conversation_over_music_stay_closed() -> None:
         Cue(4.4, 6.0, "", "Three."),
         Cue(6.0, 8.0, "[music]"),
     ]
+
+
+def test_a_sound_shown_through_a_more_specific_class_is_not_repeated_on_dialogue() -> None:
+    events = [event("Music", 0.0, 6.0, 0.9), event("Piano", 0.0, 4.0, 0.8)]
+    cues = caption_cues([segment(4.0, 6.0, "Hello.")], events, duration=6.0)
+    assert cues == [Cue(0.0, 4.0, "[piano]"), Cue(4.0, 6.0, "", "Hello.")]

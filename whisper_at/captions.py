@@ -397,7 +397,9 @@ def caption_cues(
     timeline = _Timeline(events)
     _close_short_gaps(dialogue, timeline, style.min_duration)
     sounds = _gap_spans(dialogue, timeline, duration, style)
+    # a class counts as shown when it or a more specific class has a cue of its own
     shown = {label for span in sounds for label in span.labels(style.max_labels)}
+    shown |= set().union(*(class_ancestors(label) for label in shown))
     singing = singing_classes()
     for span in dialogue:
         under = timeline.overlapping(span.start, span.end)
