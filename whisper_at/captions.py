@@ -30,6 +30,7 @@ MUSIC_NOTE = "♪"
 # Speech is the dialogue itself, never a sound cue; singing sets dialogue between notes.
 SPEECH_CLASS = "Speech"
 SINGING_CLASS = "Singing"
+MUSIC_CLASS = "Music"
 
 
 @lru_cache(maxsize=1)
@@ -48,13 +49,13 @@ def caption_phrase(label: str) -> str:
 
 @lru_cache(maxsize=1)
 def speech_classes() -> frozenset[str]:
-    """ "Speech" and every class below it in the ontology: dialogue, not sound cues."""
+    """The class Speech and every class below it in the ontology: dialogue, not sound cues."""
     return frozenset({SPEECH_CLASS}) | class_descendants(SPEECH_CLASS)
 
 
 @lru_cache(maxsize=1)
 def singing_classes() -> frozenset[str]:
-    """ "Singing" and the classes below it (choir, rapping, ...): dialogue over them is sung."""
+    """The class Singing and those below it (choir, rapping, ...): dialogue over them is sung."""
     return frozenset({SINGING_CLASS}) | class_descendants(SINGING_CLASS)
 
 
@@ -168,7 +169,7 @@ class _Span:
 
     def labels(self, max_labels: int) -> list[str]:
         """The sounds to name; sung dialogue names no singing or music (the notes say it)."""
-        hidden = singing_classes() | {"Music"} if self.sung else frozenset()
+        hidden = singing_classes() | {MUSIC_CLASS} if self.sung else frozenset()
         return _pick((e for e in self.events if e.label not in hidden), max_labels)
 
 
