@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .events import SoundEvent
+from .labels import audioset_labels
 from .ontology import class_ancestors, class_descendants
 
 CaptionCase = Literal["lower", "upper"]
@@ -67,8 +68,9 @@ def default_caption_classes() -> frozenset[str]:
 
 def parse_caption_classes(text: str) -> frozenset[str]:
     """An allow-list given as a comma list of class names, or a file with one per line
-    (``#`` starts a comment). Names are AudioSet display names, matched case-insensitively;
-    an unknown name raises ValueError naming it."""
+    (``#`` starts a comment). Names are AudioSet display names, matched case-insensitively
+    (a class outside the phrase table is shown by its name); an unknown name raises
+    ValueError naming it."""
     path = Path(text)
     if path.is_file():
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -78,7 +80,7 @@ def parse_caption_classes(text: str) -> frozenset[str]:
     names = [name for name in names if name]
     if not names:
         raise ValueError(f"no class names in {text!r}")
-    known = {name.lower(): name for name in caption_phrases()}
+    known = {name.lower(): name for name in audioset_labels().names}
     unknown = [name for name in names if name.lower() not in known]
     if unknown:
         raise ValueError(
