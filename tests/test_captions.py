@@ -290,6 +290,7 @@ def test_write_outputs_keeps_a_dialogue_only_track(tmp_path: Path) -> None:
         (["--caption-classes", "Applause,Barkk"], "unknown caption class(es) ['Barkk']"),
         (["--caption-min-duration", "-1"], "expected seconds from 0 to 60"),
         (["--caption-style", "title"], "invalid choice"),
+        (["--caption-combine", "both"], "invalid choice"),
     ],
 )
 def test_caption_usage_errors_come_before_the_model_loads(

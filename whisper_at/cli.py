@@ -280,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="[dog barking] or [DOG BARKING] (default: lower)",
     )
     captions.add_argument(
+        "--caption-combine",
+        choices=["separate", "prefix"],
+        default="separate",
+        help="separate: sounds get their own cues between lines, a sound heard only under "
+        "dialogue tops that cue; prefix: every dialogue cue also names the sounds heard "
+        "during it (default: separate)",
+    )
+    captions.add_argument(
         "--caption-classes",
         type=_caption_classes,
         help="classes worth a sound cue: a comma list of AudioSet names or a file with one "
@@ -300,6 +308,7 @@ def caption_style(args: argparse.Namespace) -> CaptionStyle | None:
         return None
     return CaptionStyle(
         case=args.caption_style,
+        combine=args.caption_combine,
         min_duration=args.caption_min_duration,
         classes=args.caption_classes,
     )
