@@ -7,10 +7,12 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pysubs2
 import pytest
 import webvtt
 
+from whisper_at.audio import load_audio
 from whisper_at.captions import (
     CaptionStyle,
     Cue,
@@ -32,6 +34,12 @@ from whisper_at.writers import write_outputs
 
 ASSETS = Path(__file__).parent.parent / "whisper_at" / "assets"
 SPEECH = str(Path(__file__).parent.parent / "examples" / "librivox_sense_and_sensibility.wav")
+
+
+def seconds(timestamp: str) -> float:
+    """``HH:MM:SS.mmm`` as written in a WebVTT cue (webvtt-py's ``start_in_seconds`` is whole)."""
+    h, m, sec = timestamp.split(":")
+    return 3600 * int(h) + 60 * int(m) + float(sec)
 
 
 def event(label: str, start: float, end: float, probability: float = 0.8) -> SoundEvent:
@@ -103,9 +111,11 @@ def test_default_allow_list_leaves_out_speech() -> None:
 def test_allow_list_parses_names_and_files(tmp_path: Path) -> None:
     assert parse_caption_classes("applause, Bark") == {"Applause", "Bark"}
     listing = tmp_path / "classes.txt"
-    listing.write_text("# what we caption\nApplause\nGunshot, gunfire  # not shipped\n")
-    with pytest.raises(ValueError, match="Gunshot, gunfire"):
-        parse_caption_classes(str(listing))
+    listing.write_text("# what we caption\nApplause\nGunshot, gunfire  # no shipped head\n")
+    assert parse_caption_classes(str(listing)) == {"Applause", "Gunshot, gunfire"}
+    events = [event("Gunshot, gunfire", 0.0, 2.0)]
+    style = CaptionStyle(classes=parse_caption_classes(str(listing)))
+    assert caption_cues([], events, style, 2.0) == [Cue(0.0, 2.0, "[gunshot]")]
     listing.write_text("# what we caption\nApplause\n\nMusic\n")
     assert parse_caption_classes(str(listing)) == {"Applause", "Music"}
     with pytest.raises(ValueError, match="Barkk"):
@@ -245,7 +255,7 @@ def test_srt_and_vtt_parse_with_subtitle_libraries(tmp_path: Path) -> None:
     assert subs[0].plaintext == "[applause]"
     assert subs[4].plaintext == "♪ La la la ♪"
     vtt = webvtt.read(str(tmp_path / "c.vtt"))
-    assert [(c.start_in_seconds, c.end_in_seconds) for c in vtt] == [(c.start, c.end) for c in cues]
+    assert [(seconds(c.start), seconds(c.end)) for c in vtt] == [(c.start, c.end) for c in cues]
     assert vtt.captions[0].raw_text == "<c.sound>[applause]</c>"
     assert vtt.captions[0].text == "[applause]"
     assert vtt.captions[1].raw_text == "Hello there."
@@ -280,6 +290,7 @@ def test_write_outputs_keeps_a_dialogue_only_track(tmp_path: Path) -> None:
         (["--caption-classes", "Applause,Barkk"], "unknown caption class(es) ['Barkk']"),
         (["--caption-min-duration", "-1"], "expected seconds from 0 to 60"),
         (["--caption-style", "title"], "invalid choice"),
+        (["--caption-combine", "both"], "invalid choice"),
     ],
 )
 def test_caption_usage_errors_come_before_the_model_loads(
@@ -296,3 +307,116 @@ def test_dialogue_never_shows_before_it_is_said() -> None:
     segments = [segment(2.0, 2.4, "No."), segment(2.4, 4.0, "Never.")]
     cues = caption_cues(segments, [], duration=4.0)
     assert cues == [Cue(2.0, 2.4, "", "No."), Cue(2.4, 4.0, "", "Never.")]
+
+
+def test_long_segments_become_cues_of_two_short_lines_timed_by_their_words() -> None:
+    words = "And Mr. John Dashwood had then leisure to consider how much there might be"
+    timed = [
+        {"word": f" {w}", "start": 9.0 + i * 0.4, "end": 9.0 + i * 0.4 + 0.3}
+        for i, w in enumerate(words.split())
+    ]
+    seg = segment(0.0, 15.0, words, words=timed)  # Whisper's segment starts before the words
+    cues = caption_cues([seg], [event("Music", 0.0, 9.0)], CaptionStyle(max_line_chars=20))
+    assert cues[0] == Cue(0.0, 9.0, "[music]")
+    assert [c.dialogue for c in cues[1:]] == [
+        "And Mr. John\nDashwood had then",
+        "leisure to consider\nhow much there might",
+        "be",
+    ]
+    # cues stay up until the next (gaps under a second); "be" (14.2-14.5 s) gets up to
+    # the minimum second, cut at the end of the audio
+    assert [(c.start, c.end) for c in cues[1:]] == [(9.0, 11.4), (11.4, 14.2), (14.2, 15.0)]
+    assert all(len(line) <= 20 for c in cues for line in c.dialogue.splitlines())
+
+
+def test_short_gaps_in_a_conversation_over_music_stay_closed() -> None:
+    segments = [segment(0.0, 2.0, "One."), segment(2.3, 4.0, "Two."), segment(4.4, 6.0, "Three.")]
+    cues = caption_cues(segments, [event("Music", 0.0, 8.0)], duration=8.0)
+    assert cues == [
+        Cue(0.0, 2.3, "", "One."),
+        Cue(2.3, 4.4, "", "Two."),
+        Cue(4.4, 6.0, "", "Three."),
+        Cue(6.0, 8.0, "[music]"),
+    ]
+
+
+def test_a_sound_shown_through_a_more_specific_class_is_not_repeated_on_dialogue() -> None:
+    events = [event("Music", 0.0, 6.0, 0.9), event("Piano", 0.0, 4.0, 0.8)]
+    cues = caption_cues([segment(4.0, 6.0, "Hello.")], events, duration=6.0)
+    assert cues == [Cue(0.0, 4.0, "[piano]"), Cue(4.0, 6.0, "", "Hello.")]
+
+
+# --- end to end on real recordings ---------------------------------------------------------
+# Held-out (test-split) recordings of the corpus, fetched from Debian by the project's own
+# code (gcompris-qt-data, GPL-3 / CC-BY-SA; tests/test_shipped_heads.py), around the LibriVox
+# utterance in examples/ (public domain).
+GCOMPRIS = "gcompris/src/activities"
+PIANO = f"gcompris:instruments.rcc/{GCOMPRIS}/instruments/resource/piano.ogg"
+BARK = f"gcompris:memory-sound.rcc/{GCOMPRIS}/memory-sound/resource/LRBark_3_LA_cut.ogg"
+
+
+def phrases_of(root: str) -> set[str]:
+    """The caption phrases of ``root`` and every class below it."""
+    return {
+        caption_phrases()[c] for c in {root} | class_descendants(root) if c in caption_phrases()
+    }
+
+
+@pytest.fixture(scope="module")
+def gcompris():
+    from whisper_at_research.corpus import find_recordings
+
+    recordings = {r.id: r for r in find_recordings(["gcompris"])}
+    return recordings[PIANO].load(), recordings[BARK].load()
+
+
+def looped(audio: np.ndarray, seconds: float) -> np.ndarray:
+    return np.tile(audio, int(np.ceil(seconds * 16000 / len(audio))))[: int(seconds * 16000)]
+
+
+def run_captions(path: Path, out: Path) -> tuple[list, list]:
+    """``whisper-at PATH --captions --output-format srt,vtt``: both files, parsed."""
+    assert (
+        main([str(path), "--captions", "--output-format", "srt,vtt", "--output-dir", str(out)]) == 0
+    )
+    srt = list(pysubs2.load(str(out / f"{path.stem}.srt")))
+    vtt = list(webvtt.read(str(out / f"{path.stem}.vtt")))
+    assert [(e.start, e.end) for e in srt] == [
+        (round(seconds(c.start) * 1000), round(seconds(c.end) * 1000)) for c in vtt
+    ]
+    for a, b in itertools.pairwise(srt):
+        assert a.start < a.end <= b.start < b.end
+    return srt, vtt
+
+
+def test_captions_of_music_speech_and_a_dog_on_real_audio(gcompris, tmp_audio, tmp_path) -> None:
+    piano, bark = gcompris
+    speech = load_audio(SPEECH)  # "And Mr. John Dashwood had then leisure to consider ..."
+    pause = np.zeros(16000, dtype=np.float32)
+    film = np.concatenate([looped(piano, 8.0), pause, speech, pause, looped(bark, 4.0)])
+    path = tmp_audio(film, 16000).rename(tmp_path / "film.wav")
+    srt, vtt = run_captions(path, tmp_path / "out")
+    duration_ms = 1000 * len(film) / 16000
+    assert srt[-1].end <= round(duration_ms)
+    sounds = [(e.start / 1000, e.end / 1000, e.plaintext) for e in srt if "[" in e.plaintext]
+    music, animals = phrases_of("Music"), phrases_of("Animal")
+    named = lambda text, phrases: any(f"[{p}]" in text for p in phrases)  # noqa: E731
+    assert any(end <= 9.5 and named(text, music) for _, end, text in sounds), sounds
+    assert any(start >= 15.5 and named(text, animals) for start, _, text in sounds), sounds
+    assert any("Dashwood" in e.plaintext for e in srt)
+    sound_cues = [c for c in vtt if c.raw_text.startswith("<c.sound>")]
+    assert {c.text for c in sound_cues} <= {e.plaintext for e in srt}
+    assert len(sound_cues) == sum(1 for e in srt if e.plaintext.startswith("["))
+    dialogue = pysubs2.load(str(tmp_path / "out" / "film.dialogue.srt"))
+    assert "Dashwood" in " ".join(e.plaintext for e in dialogue)
+    assert not any("[" in e.plaintext for e in dialogue)
+
+
+def test_thirty_seconds_of_music_get_captions(gcompris, tmp_audio, tmp_path) -> None:
+    """Before captions, a music file gave empty .srt and .vtt files."""
+    path = tmp_audio(looped(gcompris[0], 30.0), 16000).rename(tmp_path / "piano.wav")
+    srt, vtt = run_captions(path, tmp_path / "out")
+    assert srt and len(vtt) == len(srt)
+    assert srt[0].start == 0 and srt[-1].end == 30_000
+    assert any(f"[{p}]" in e.plaintext for e in srt for p in phrases_of("Music"))
+    assert (tmp_path / "out" / "piano.dialogue.srt").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .events import SoundEvent
+from .labels import audioset_labels
 from .ontology import class_ancestors, class_descendants
 
 CaptionCase = Literal["lower", "upper"]
@@ -29,6 +31,7 @@ MUSIC_NOTE = "♪"
 # Speech is the dialogue itself, never a sound cue; singing sets dialogue between notes.
 SPEECH_CLASS = "Speech"
 SINGING_CLASS = "Singing"
+MUSIC_CLASS = "Music"
 
 
 @lru_cache(maxsize=1)
@@ -47,13 +50,13 @@ def caption_phrase(label: str) -> str:
 
 @lru_cache(maxsize=1)
 def speech_classes() -> frozenset[str]:
-    """ "Speech" and every class below it in the ontology: dialogue, not sound cues."""
+    """The class Speech and every class below it in the ontology: dialogue, not sound cues."""
     return frozenset({SPEECH_CLASS}) | class_descendants(SPEECH_CLASS)
 
 
 @lru_cache(maxsize=1)
 def singing_classes() -> frozenset[str]:
-    """ "Singing" and the classes below it (choir, rapping, ...): dialogue over them is sung."""
+    """The class Singing and those below it (choir, rapping, ...): dialogue over them is sung."""
     return frozenset({SINGING_CLASS}) | class_descendants(SINGING_CLASS)
 
 
@@ -65,8 +68,9 @@ def default_caption_classes() -> frozenset[str]:
 
 def parse_caption_classes(text: str) -> frozenset[str]:
     """An allow-list given as a comma list of class names, or a file with one per line
-    (``#`` starts a comment). Names are AudioSet display names, matched case-insensitively;
-    an unknown name raises ValueError naming it."""
+    (``#`` starts a comment). Names are AudioSet display names, matched case-insensitively
+    (a class outside the phrase table is shown by its name); an unknown name raises
+    ValueError naming it."""
     path = Path(text)
     if path.is_file():
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -76,7 +80,7 @@ def parse_caption_classes(text: str) -> frozenset[str]:
     names = [name for name in names if name]
     if not names:
         raise ValueError(f"no class names in {text!r}")
-    known = {name.lower(): name for name in caption_phrases()}
+    known = {name.lower(): name for name in audioset_labels().names}
     unknown = [name for name in names if name.lower() not in known]
     if unknown:
         raise ValueError(
@@ -99,6 +103,9 @@ class CaptionStyle:
         sound heard only under dialogue at the top of that dialogue cue; "prefix" names at
         the top of each dialogue cue every sound heard during it.
     classes: the allow-list (display names); None is :func:`default_caption_classes`.
+    max_line_chars, max_lines: a dialogue cue holds at most ``max_lines`` lines of
+        ``max_line_chars`` characters; a longer segment is cut into several cues at word
+        boundaries, timed by its word timestamps (or spread by length without them).
     """
 
     case: CaptionCase = "lower"
@@ -107,6 +114,8 @@ class CaptionStyle:
     max_labels: int = 2
     combine: CombineMode = "separate"
     classes: frozenset[str] | None = field(default=None)
+    max_line_chars: int = 42
+    max_lines: int = 2
 
     def __post_init__(self) -> None:
         if self.case not in ("lower", "upper"):
@@ -115,8 +124,10 @@ class CaptionStyle:
             raise ValueError(f'combine must be "separate" or "prefix", got {self.combine!r}')
         if not (isinstance(self.min_duration, int | float) and 0 <= self.min_duration < 60):
             raise ValueError(f"min_duration must be seconds in [0, 60), got {self.min_duration!r}")
-        if not (isinstance(self.max_labels, int) and self.max_labels >= 1):
-            raise ValueError(f"max_labels must be a whole number >= 1, got {self.max_labels!r}")
+        for name in ("max_labels", "max_line_chars", "max_lines"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if self.classes is not None:
             object.__setattr__(self, "classes", frozenset(self.classes))
 
@@ -160,7 +171,7 @@ class _Span:
 
     def labels(self, max_labels: int) -> list[str]:
         """The sounds to name; sung dialogue names no singing or music (the notes say it)."""
-        hidden = singing_classes() | {"Music"} if self.sung else frozenset()
+        hidden = singing_classes() | {MUSIC_CLASS} if self.sung else frozenset()
         return _pick((e for e in self.events if e.label not in hidden), max_labels)
 
 
@@ -205,24 +216,76 @@ def _pick(events: Iterable[SoundEvent], max_labels: int) -> list[str]:
     return kept[:max_labels]
 
 
+def _words(segment: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """``(word, start, end)`` of a segment: its word timestamps, or its words spread over
+    its time by their length when it has none."""
+    timed = [
+        (str(w["word"]).strip(), float(w["start"]), float(w["end"]))
+        for w in segment.get("words") or []
+        if str(w.get("word", "")).strip()
+    ]
+    if timed:
+        return timed
+    words = str(segment.get("text", "")).split()
+    start, end = float(segment["start"]), float(segment["end"])
+    total = sum(len(w) + 1 for w in words) or 1
+    bounds = list(itertools.accumulate((len(w) + 1 for w in words), initial=0))
+    times = [start + (end - start) * b / total for b in bounds[:-1]] + [end]
+    return [(word, times[i], times[i + 1]) for i, word in enumerate(words)]
+
+
+def _lines(words: Sequence[str], style: CaptionStyle) -> list[str] | None:
+    """``words`` broken into lines of at most ``max_line_chars``; None if more than
+    ``max_lines`` are needed (a single over-long word still gets its own line)."""
+    lines: list[str] = []
+    for word in words:
+        if lines and len(lines[-1]) + 1 + len(word) <= style.max_line_chars:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines if len(lines) <= style.max_lines else None
+
+
 def _dialogue_spans(
-    segments: Sequence[dict[str, Any]], duration: float, drop_non_speech: bool
+    segments: Sequence[dict[str, Any]], duration: float, style: CaptionStyle, drop_non_speech: bool
 ) -> list[_Span]:
+    """Dialogue cues: each segment's words, from its first to its last word, cut into
+    cues of at most ``max_lines`` lines of ``max_line_chars``."""
     spans: list[_Span] = []
     for segment in sorted(segments, key=lambda s: (s["start"], s["end"])):
-        text = str(segment.get("text", "")).strip()
-        if not text or (drop_non_speech and segment.get("non_speech")):
+        if drop_non_speech and segment.get("non_speech"):
             continue
-        start = min(max(float(segment["start"]), 0.0), duration)
-        end = min(max(float(segment["end"]), start), duration)
-        if end <= start:
-            continue
-        if spans and start < spans[-1].end:  # overlapping segments: join them
-            spans[-1].end = max(spans[-1].end, end)
-            spans[-1].dialogue = f"{spans[-1].dialogue} {text}"
-            continue
-        spans.append(_Span(start, end, text))
+        chunk: list[tuple[str, float, float]] = []
+        chunks = []
+        for word in _words(segment):
+            if chunk and _lines([w for w, _, _ in [*chunk, word]], style) is None:
+                chunks.append(chunk)
+                chunk = []
+            chunk.append(word)
+        chunks += [chunk] if chunk else []
+        for chunk in chunks:
+            start = min(max(chunk[0][1], 0.0), duration)
+            end = min(max(chunk[-1][2], start), duration)
+            if spans and start < spans[-1].end:  # words overlap the previous cue: it ends
+                start = min(max(start, spans[-1].start), end)
+                spans[-1].end = start
+                if spans[-1].end <= spans[-1].start:
+                    spans.pop()
+            if end > start:
+                text = "\n".join(_lines([w for w, _, _ in chunk], style) or [])
+                spans.append(_Span(start, end, text))
     return spans
+
+
+def _close_short_gaps(dialogue: list[_Span], timeline: _Timeline, min_duration: float) -> None:
+    """A dialogue cue stays up until the next one when they are less than ``min_duration``
+    apart and no sound starts in between (no flashing gap, no sound named on every cue of a
+    conversation over music)."""
+    for prev, nxt in itertools.pairwise(dialogue):
+        gap = nxt.start - prev.end
+        starts = [e for e in timeline.overlapping(prev.end, nxt.start) if e.start >= prev.end]
+        if 0 < gap < min_duration and not starts:
+            prev.end = nxt.start
 
 
 def _gap_spans(
@@ -333,10 +396,13 @@ def caption_cues(
         duration = max([0.0, *(s["end"] for s in segments), *(e.end for e in events)])
     allowed = style.allowed
     events = [e for e in events if e.label in allowed and min(e.end, duration) > max(e.start, 0)]
-    dialogue = _dialogue_spans(segments, duration, drop_non_speech)
+    dialogue = _dialogue_spans(segments, duration, style, drop_non_speech)
     timeline = _Timeline(events)
+    _close_short_gaps(dialogue, timeline, style.min_duration)
     sounds = _gap_spans(dialogue, timeline, duration, style)
+    # a class counts as shown when it or a more specific class has a cue of its own
     shown = {label for span in sounds for label in span.labels(style.max_labels)}
+    shown |= set().union(*(class_ancestors(label) for label in shown))
     singing = singing_classes()
     for span in dialogue:
         under = timeline.overlapping(span.start, span.end)

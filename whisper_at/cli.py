@@ -271,14 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     captions.add_argument(
         "--captions",
         action="store_true",
-        help="srt and vtt carry dialogue and sound cues ([applause]); the dialogue-only "
-        "track goes to NAME.dialogue.srt / .vtt",
+        help="srt and vtt carry dialogue and sound cues ([applause]), timed by word "
+        "timestamps (turned on); the dialogue-only track goes to NAME.dialogue.srt / .vtt",
     )
     captions.add_argument(
         "--caption-style",
         choices=["lower", "upper"],
         default="lower",
         help="[dog barking] or [DOG BARKING] (default: lower)",
+    )
+    captions.add_argument(
+        "--caption-combine",
+        choices=["separate", "prefix"],
+        default="separate",
+        help="separate: sounds get their own cues between lines, a sound heard only under "
+        "dialogue tops that cue; prefix: every dialogue cue also names the sounds heard "
+        "during it (default: separate)",
     )
     captions.add_argument(
         "--caption-classes",
@@ -301,6 +309,7 @@ def caption_style(args: argparse.Namespace) -> CaptionStyle | None:
         return None
     return CaptionStyle(
         case=args.caption_style,
+        combine=args.caption_combine,
         min_duration=args.caption_min_duration,
         classes=args.caption_classes,
     )
@@ -367,7 +376,8 @@ def _whisper_options(args: argparse.Namespace) -> dict[str, Any]:
         "track_options": args.track_options,
         "task": args.task,
         "temperature": args.temperature,
-        "word_timestamps": args.word_timestamps,
+        # captions time their cues by the words (a segment may start long before them)
+        "word_timestamps": args.word_timestamps or getattr(args, "captions", False),
         "condition_on_previous_text": not args.no_condition_on_previous_text,
         "verbose": False if args.debug else None,
     }

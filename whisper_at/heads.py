@@ -187,11 +187,11 @@ class TaggingHead(nn.Module):
     def frame_logits(self, features: torch.Tensor) -> torch.Tensor:
         """features ``[batch, layers, time, d_model]`` -> per-frame logits ``[batch, time, C]``.
 
-        The head's own computation with the mean over time left out: every frame's token
-        still attends over the whole window (TL-TR's time block), then goes through the
-        rest of the head on its own. For the linear heads this is exact (their window
-        logits are the mean of these); for TL-TR it reads the time block's per-frame
-        tokens, so a window's frame logits locate what its window logits found.
+        The head's own computation with the mean over time left out: each frame's token
+        goes through the rest of the head on its own (for TL-TR after the time block, so
+        it has attended over the whole window). A one-frame window's frame logits are its
+        window logits; otherwise they are a reading of the head, not what it was trained
+        to output (docs/events.md measures how well they localize).
         """
         self._check_features(features)
         x = features[:, : self.config.n_layer].float()
