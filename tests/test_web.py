@@ -156,10 +156,12 @@ def test_upload_transcript_timeline_click_download(browser, server, speech_wav, 
         10,
     )
 
-    # the downloads are the text the API gives for the same file and options
+    # the downloads are the text the API gives for the same file and options (the page asks
+    # for the caption cues, which turns word timestamps on, as `whisper-at --captions` does)
+    words = {"timestamp_granularities[]": "word"}
     for link, name, form in (
-        ("dl-srt", "reading.srt", {"response_format": "srt"}),
-        ("dl-vtt", "reading.vtt", {"response_format": "vtt"}),
+        ("dl-srt", "reading.srt", {"response_format": "srt", **words}),
+        ("dl-vtt", "reading.vtt", {"response_format": "vtt", **words}),
         ("dl-srt-sounds", "reading.captions.srt", {"response_format": "srt", "captions": "true"}),
         ("dl-vtt-sounds", "reading.captions.vtt", {"response_format": "vtt", "captions": "true"}),
     ):

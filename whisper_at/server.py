@@ -700,7 +700,8 @@ class TranscriptionForm:
         options: dict[str, Any] = {
             # as OpenAI's API: 0 lets the decoder raise the temperature when it fails
             "temperature": FALLBACK_TEMPERATURES if temperature == 0 else temperature,
-            "word_timestamps": "word" in granularities,
+            # captions time their cues by the words, as `whisper-at --captions` does
+            "word_timestamps": "word" in granularities or captions,
             "verbose": None,
         }
         language = upload.value("language")

@@ -6,7 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
-const state = { file: null, body: null, segments: [], url: null, recorder: null };
+const state = { file: null, body: null, segments: [], url: null, recorder: null, tags: false };
 
 function setStatus(text, error = false) {
   $("status").textContent = text;
@@ -219,6 +219,7 @@ async function transcribe(event) {
   if ($("language").value.trim()) form.append("language", $("language").value.trim());
   if ($("prompt").value.trim()) form.append("prompt", $("prompt").value.trim());
   if ($("words").checked) form.append("timestamp_granularities[]", "word");
+  if (state.tags) form.append("captions", "true"); // cues timed by words, as the CLI's
   const headers = {};
   if ($("api-key").value) headers.Authorization = `Bearer ${$("api-key").value}`;
 
@@ -321,4 +322,5 @@ fetch("v1/config").then((r) => r.json()).then((config) => {
   $("model-info").textContent = `Model: ${config.model}${config.tags ? "" : " (no tagging head)"}.`;
   $("at-time-res").value = config.at_time_res;
   $("key-label").hidden = !config.auth;
+  state.tags = config.tags;
 });
