@@ -35,6 +35,7 @@ from .audio import SAMPLE_RATE, audio_duration, describe_source, stream_audio, w
 from .cache import cache_dir
 from .compat import warn_at_time_res
 from .engines import EngineError, WindowSink, make_engine, resolve_engine
+from .guard import DEFAULT_SPEECH_THRESHOLD, NonSpeechGuard
 from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
 from .precision import Precision, PrecisionError, quantize_int8, resolve_precision
@@ -333,6 +334,8 @@ class WhisperAT:
         batch_size: int | None = None,
         progress: bool = False,
         on_segment: SegmentCallback | None = None,
+        suppress_non_speech: bool = False,
+        speech_threshold: float = DEFAULT_SPEECH_THRESHOLD,
         **whisper_options: Any,
     ) -> dict[str, Any]:
         """openai-whisper's transcription plus ``audio_tag`` logits per ``at_time_res`` window.
@@ -350,14 +353,23 @@ class WhisperAT:
             progress: show a progress bar in seconds of audio.
             on_segment: called with each segment as soon as it is decoded, on the
                 recording's time line (the ct2 engine decodes lazily; the torch engine
-                hands a span's segments over when the span is done).
+                hands a span's segments over when the span is done). Segments reach it
+                before the non-speech guard has read their tags (with ``batch_size``,
+                after: then only the segments kept).
+            suppress_non_speech: leave segments the tags say hold no speech out of
+                ``text`` and ``segments`` (they move to ``suppressed_segments``); needs a
+                head. Every segment is flagged either way (``speech_probability``,
+                ``non_speech``; :mod:`whisper_at.guard`, docs/nonspeech.md).
+            speech_threshold: the speech probability under which a segment is non-speech.
             whisper_options: passed unchanged to the engine (openai-whisper's names:
                 language, task, temperature, beam_size, word_timestamps, ...).
 
         Returns:
             Whisper's result dict; with a head also ``audio_tag``, ``at_time_res``, the
-            label names, per segment its top ``audio_tags``, and ``whisper_at``: what made it.
+            label names, per segment its top ``audio_tags``, ``speech_probability`` and
+            ``non_speech``, the ``non_speech_guard`` summary, and ``whisper_at``: what made it.
         """
+        guard = self._guard(suppress_non_speech, speech_threshold)
         if batch_size is not None:
             (result,) = self.transcribe_many(
                 [audio],
@@ -367,6 +379,8 @@ class WhisperAT:
                 tags_per_segment=tags_per_segment,
                 group_seconds=span_seconds,
                 progress=progress,
+                suppress_non_speech=suppress_non_speech,
+                speech_threshold=speech_threshold,
                 **whisper_options,
             )
             if isinstance(result, FailedInput):
@@ -397,7 +411,16 @@ class WhisperAT:
                 _advance(bar, span_end)
         result = merge_results(parts)
         clamp_times(result, n_samples / SAMPLE_RATE)
-        return self._with_tags(result, accumulator, n_samples, tags_per_segment)
+        return self._with_tags(result, accumulator, n_samples, tags_per_segment, guard)
+
+    def _guard(self, suppress: bool, threshold: float) -> NonSpeechGuard:
+        """The non-speech guard for one call, checked before anything is decoded."""
+        guard = NonSpeechGuard(threshold, suppress)
+        config = self.head.config if self.head is not None else None
+        guard.check(
+            config.labels if config else None, config.reported_classes if config else [], self.name
+        )
+        return guard
 
     def _with_tags(
         self,
@@ -405,9 +428,10 @@ class WhisperAT:
         accumulator: TagAccumulator | None,
         n_samples: int,
         tags_per_segment: int,
+        guard: NonSpeechGuard,
     ) -> dict[str, Any]:
-        """The transcription result plus the head's tags (per window, per segment) and
-        where it came from."""
+        """The transcription result plus the head's tags (per window, per segment), the
+        non-speech guard's flags, and where it came from. Both transcription paths end here."""
         if accumulator is None:
             result["whisper_at"] = self.provenance()
             return result
@@ -418,6 +442,7 @@ class WhisperAT:
                 {"label": t.label, "index": t.index, "probability": round(t.probability, 4)}
                 for t in tagging.span_tags(segment["start"], segment["end"], tags_per_segment)
             ]
+        guard.apply(result, tagging)
         return result
 
     def transcribe_many(
@@ -430,6 +455,8 @@ class WhisperAT:
         tags_per_segment: int = 5,
         group_seconds: float = DEFAULT_SPAN_SECONDS,
         progress: bool = False,
+        suppress_non_speech: bool = False,
+        speech_threshold: float = DEFAULT_SPEECH_THRESHOLD,
         **whisper_options: Any,
     ) -> Iterator[dict[str, Any] | FailedInput]:
         """Transcribe and tag many recordings with batched decoding: one result per input, in order.
@@ -452,7 +479,8 @@ class WhisperAT:
                 "(the default on the CPU)"
             )
         _check_batch_size(batch_size)
-        group = _Group(self, at_time_res, tags_per_segment, batch_size, whisper_options)
+        guard = self._guard(suppress_non_speech, speech_threshold)
+        group = _Group(self, at_time_res, tags_per_segment, guard, batch_size, whisper_options)
         limit = int(group_seconds * SAMPLE_RATE)
 
         def results() -> Iterator[dict[str, Any] | FailedInput]:
@@ -682,11 +710,13 @@ class _Group:
         model: WhisperAT,
         at_time_res: float,
         tags_per_segment: int,
+        guard: NonSpeechGuard,
         batch_size: int,
         options: dict[str, Any],
     ) -> None:
         self.model, self.at_time_res = model, at_time_res
-        self.tags_per_segment, self.batch_size, self.options = tags_per_segment, batch_size, options
+        self.tags_per_segment, self.guard = tags_per_segment, guard
+        self.batch_size, self.options = batch_size, options
         self.queue = _InputOrder()
         self.pieces: list[_Piece] = []
         self.n_samples = 0
@@ -757,7 +787,11 @@ class _Group:
             clamp_times(result, recording.n_samples / SAMPLE_RATE)
             try:
                 yield self.model._with_tags(
-                    result, recording.accumulator, recording.n_samples, self.tags_per_segment
+                    result,
+                    recording.accumulator,
+                    recording.n_samples,
+                    self.tags_per_segment,
+                    self.guard,
                 )
             except ValueError as error:  # too short to tag
                 yield recording.failure(error)
