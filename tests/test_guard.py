@@ -128,12 +128,14 @@ def test_speech_classes_and_span_probability_read_the_head_windows():
     assert speech_classes(labels, [0, 2, 27, 137]) == [0, 2]  # singing is not speech
     logits = torch.full((3, len(labels)), -10.0)
     logits[0, 0], logits[1, 2], logits[2, 137] = 0.0, 2.0, 5.0  # Speech, Female speech, Music
-    tagging = TaggingResult(logits, 10.0, 25.0, labels, list(range(len(labels))))
+    tagging = TaggingResult(logits, 10.0, 30.0, labels, list(range(len(labels))))
     sigmoid2 = 1 / (1 + np.exp(-2.0))
     assert tagging.span_probability([0, 2], 0.0, 5.0) == pytest.approx(0.5)
     assert tagging.span_probability([0, 2], 5.0, 12.0) == pytest.approx(sigmoid2)
-    assert tagging.span_probability([0, 2], 20.0, 25.0) == pytest.approx(1 / (1 + np.exp(10)))
-    assert tagging.span_probability([0, 2], 30.0, 31.0) == 0.0  # past the last window
+    quiet = 1 / (1 + np.exp(10.0))
+    assert tagging.span_probability([0, 2], 20.0, 30.0) == pytest.approx(quiet)
+    assert tagging.span_probability([0, 2], 30.0, 30.0) == pytest.approx(quiet)  # at the end
+    assert tagging.span_probability([137], 0.0, 30.0) == pytest.approx(1 / (1 + np.exp(-5.0)))
 
 
 def test_cli_leaves_suppressed_text_out_of_txt_srt_vtt(tmp_path, tmp_audio, capsys):

@@ -247,13 +247,16 @@ class TaggingResult:
         """The highest probability any of ``classes`` reaches over a time span.
 
         Max over the classes and over every window the span overlaps (a span inside one
-        window reads that window), so it follows whatever resolution the windows have.
+        window reads that window; one that starts at the end of the audio, the last
+        window), so it follows whatever resolution the windows have.
         """
         if not classes:
             raise ValueError("span_probability needs at least one class")
-        rows = self.logits[self._span_windows(start, end)][:, list(classes)]
-        if rows.numel() == 0:
+        n_windows = self.logits.shape[0]
+        if n_windows == 0:
             return 0.0
+        start = min(start, (n_windows - 1) * self.at_time_res)
+        rows = self.logits[self._span_windows(start, end)][:, list(classes)]
         return float(torch.sigmoid(rows.max().double()))
 
     def _span_windows(self, start: float, end: float) -> slice:
