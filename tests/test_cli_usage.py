@@ -55,10 +55,10 @@ def test_good_values_on_the_edges_pass_the_checks(tmp_path, capsys):
     assert "unknown Whisper model 'no-such-model'" in capsys.readouterr().err
 
 
-def test_tag_writes_only_json_and_tags(tmp_path, capsys):
+def test_tag_writes_only_json_tags_and_events(tmp_path, capsys):
     err = usage_error(["tag", SPEECH, "--output-format", "srt", *NO_MODEL], capsys)
     assert "argument --output-format: unknown format(s) ['srt']" in err
-    assert "('json', 'tags')" in err
+    assert "('json', 'tags', 'events')" in err
 
 
 def test_an_output_dir_that_is_a_file_is_refused_up_front(tmp_path, capsys):
@@ -80,6 +80,7 @@ def test_a_missing_output_dir_is_created(tmp_path, capsys):
     out = tmp_path / "a" / "b"
     assert main(["tag", SPEECH, "--output-dir", str(out), "--output-format", "all"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        "librivox_sense_and_sensibility.events.tsv",
         "librivox_sense_and_sensibility.json",
         "librivox_sense_and_sensibility.tags.tsv",
     ]

@@ -28,11 +28,12 @@ from .compat import (
     transcribe,
 )
 from .engines import EngineError, WindowPlacementError
+from .events import EventOptions, SoundEvent
 from .heads import HeadConfig, HeadError, TaggingHead, load_head, save_head
 from .labels import LabelSet, audioset_labels
 from .pipeline import FailedInput, WhisperAT, load_model
 from .precision import Precision, PrecisionError
-from .tagging import Tag, TaggingResult, TagWindow
+from .tagging import Tag, TaggingResult, TagWindow, TrackOptions
 from .weights import WeightsError, available_models, known_models
 
 __all__ = [
@@ -40,12 +41,15 @@ __all__ = [
     "DecodingOptions",
     "DecodingResult",
     "EngineError",
+    "EventOptions",
     "FailedInput",
     "HeadConfig",
     "HeadError",
     "ModelDimensions",
     "Precision",
     "PrecisionError",
+    "SoundEvent",
+    "TrackOptions",
     "WeightsError",
     "WindowPlacementError",
     "LabelSet",

@@ -21,11 +21,19 @@ from tqdm import tqdm
 from . import __version__
 from .audio import audio_duration
 from .engines import ENGINES
+from .events import EventOptions, SoundEvent
 from .guard import DEFAULT_SPEECH_THRESHOLD, NonSpeechGuard
 from .heads import HeadError
 from .labels import audioset_labels
 from .pipeline import FailedInput, WhisperAT, load_model
-from .tagging import AUTO_THRESHOLD_FALLBACK, TaggingResult, Threshold, bins_per_window
+from .tagging import (
+    AUTO_THRESHOLD_FALLBACK,
+    TRACK_METHODS,
+    TaggingResult,
+    Threshold,
+    TrackOptions,
+    bins_per_window,
+)
 from .weights import WeightsError, available_models, known_models
 from .writers import OUTPUT_FORMATS, TagTable, write_outputs
 
@@ -36,7 +44,7 @@ MEDIA_SUFFIXES = {
 }
 
 
-TAG_FORMATS = ("json", "tags")  # `whisper-at tag` has no transcript to write
+TAG_FORMATS = ("json", "tags", "events")  # `whisper-at tag` has no transcript to write
 
 
 def _formats(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
@@ -143,6 +151,54 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="minimum tag probability: auto (each class's threshold stored in the head, "
         f"{AUTO_THRESHOLD_FALLBACK} for a head without them) or one number from 0 to 1",
     )
+    events = parser.add_argument_group(
+        "sound events", "onsets and offsets on the 0.4 s grid (docs/events.md)"
+    )
+    events.add_argument(
+        "--events",
+        action="store_true",
+        help="detect sound events: print them and write <name>.events.tsv (DCASE: filename, "
+        "onset, offset, event_label); the JSON always carries sound_events. The high "
+        "threshold is --threshold",
+    )
+    events.add_argument(
+        "--event-low-ratio", type=float, default=0.5, help="low threshold / high threshold"
+    )
+    events.add_argument(
+        "--event-median-bins", type=int, default=3, help="median filter, odd, in 0.4 s bins"
+    )
+    events.add_argument(
+        "--event-min-duration", type=float, default=0.4, help="drop shorter events (seconds)"
+    )
+    events.add_argument(
+        "--event-max-gap", type=float, default=0.4, help="merge events this close (seconds)"
+    )
+    events.add_argument(
+        "--event-rollup",
+        type=int,
+        metavar="DEPTH",
+        help="report classes as their AudioSet ontology ancestors: 0 the most general "
+        "(Bark -> Animal), 1 one level below, ...",
+    )
+    events.add_argument(
+        "--event-class",
+        action="append",
+        metavar="LABEL",
+        help="report only this label (repeatable; after the roll-up)",
+    )
+    events.add_argument(
+        "--event-track",
+        choices=TRACK_METHODS,
+        default="frames",
+        help="frames: the head's per-frame logits over 10 s blocks (default); sliding: the "
+        "head on a window around every 0.4 s bin (slower)",
+    )
+    events.add_argument(
+        "--event-context",
+        type=_at_time_res,
+        default=10.0,
+        help="seconds of context for the event track, a multiple of 0.4 (default 10)",
+    )
     parser.add_argument("--output-dir", default=".", help="where output files go")
     parser.add_argument(
         "--table", help="also write every file's tags into this one TSV (file, start, end, ...)"
@@ -228,8 +284,8 @@ def build_tag_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-format",
         type=_formats(TAG_FORMATS),
-        default=list(TAG_FORMATS),
-        help="comma list of json,tags, or all (default: json,tags)",
+        default=["json", "tags"],
+        help="comma list of json,tags,events, or all (default: json,tags)",
     )
     return parser
 
@@ -238,6 +294,14 @@ def _print_tags(tagging: TaggingResult, top_k: int, threshold: Threshold) -> Non
     for window in tagging.windows(top_k=top_k, threshold=threshold):
         tags = ", ".join(f"{t.label} {t.probability:.2f}" for t in window.tags) or "-"
         print(f"[{window.start:7.1f}s -> {window.end:7.1f}s] {tags}")
+
+
+def _print_events(events: list[SoundEvent]) -> None:
+    print("sound events (onset -> offset):")
+    for e in events:
+        print(f"[{e.start:7.1f}s -> {e.end:7.1f}s] {e.label} {e.probability:.2f}")
+    if not events:
+        print("-")
 
 
 def _list_models() -> None:
@@ -266,6 +330,8 @@ def _list_labels(model: WhisperAT) -> None:
 def _whisper_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {
         "tags_per_segment": args.top_k,
+        "event_options": args.event_options,
+        "track_options": args.track_options,
         "task": args.task,
         "temperature": args.temperature,
         "word_timestamps": args.word_timestamps,
@@ -306,20 +372,28 @@ def _report_transcript(
         print(f"({left_out} non-speech segment(s) left out of the transcript)")
     if result.get("audio_tag") is not None:
         print("sound events:")
-        _print_tags(TaggingResult.from_result(result), args.top_k, args.threshold)
+        tagging = TaggingResult.from_result(result)
+        _print_tags(tagging, args.top_k, args.threshold)
+        if args.events:
+            _print_events(tagging.events(args.event_options))
     else:
         print(f"(no tagging head is installed for {model.name}: no sound-event tags)")
-    _report_written(
-        write_outputs(result, path, args.output_dir, args.output_format, args.top_k, args.threshold)
-    )
+    _write(result, path, args)
 
 
 def _report_tags(path: str, tagging: TaggingResult, args: argparse.Namespace) -> None:
     _print_tags(tagging, args.top_k, args.threshold)
-    result = tagging.to_result_fields()
-    _report_written(
-        write_outputs(result, path, args.output_dir, args.output_format, args.top_k, args.threshold)
+    if args.events:
+        _print_events(tagging.events(args.event_options))
+    _write(tagging.to_result_fields(), path, args)
+
+
+def _write(result: dict[str, Any], path: str, args: argparse.Namespace) -> None:
+    formats, top_k, threshold = args.output_format, args.top_k, args.threshold
+    written = write_outputs(
+        result, path, args.output_dir, formats, top_k, threshold, args.event_options
     )
+    _report_written(written)
 
 
 def _report_written(paths: list[Path]) -> None:
@@ -373,6 +447,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_labels:
         _list_labels(model)
         return 0
+    unknown = _unknown_event_classes(model, args.event_options)
+    if unknown:
+        print(
+            f"whisper-at: error: argument --event-class: unknown label(s) {unknown}; "
+            "see --list-labels",
+            file=sys.stderr,
+        )
+        return 2
     if tags_only and model.head is None:
         print(f"whisper-at: error: no tagging head is installed for {model.name}", file=sys.stderr)
         return 2
@@ -398,8 +480,30 @@ def main(argv: list[str] | None = None) -> int:
     return _run(model, paths, args, tags_only)
 
 
+def _unknown_event_classes(model: WhisperAT, options: EventOptions) -> list[str]:
+    if model.labels is None or options.classes is None:
+        return []
+    names = {n.lower() for n in model.labels.names} | set(model.labels.ids)
+    return [c for c in options.classes if c.lower() not in names and c not in names]
+
+
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors that argparse cannot see, caught before any model loads (exit 2)."""
+    try:
+        args.event_options = EventOptions(
+            threshold=args.threshold,
+            low_ratio=args.event_low_ratio,
+            median_bins=args.event_median_bins,
+            min_duration=args.event_min_duration,
+            max_gap=args.event_max_gap,
+            rollup_depth=args.event_rollup,
+            classes=tuple(args.event_class) if args.event_class else None,
+        )
+        args.track_options = TrackOptions(args.event_track, args.event_context)
+    except ValueError as e:
+        parser.error(f"sound events: {e}")
+    if args.events and "events" not in args.output_format:
+        args.output_format = [*args.output_format, "events"]
     if args.list_models or args.list_labels:
         return
     if not args.audio:
@@ -537,6 +641,7 @@ def _run_batched(
                 batch_size=args.batch_size,
                 progress=_show_progress(),
                 total_seconds=sum(durations[p] for p in group),
+                track_options=args.track_options,
             )
         return model.transcribe_many(
             group,

@@ -165,14 +165,8 @@ class TaggingHead(nn.Module):
 
         ``layers``: the encoder's blocks, or only the first ``n_layer`` the head reads.
         """
-        n_layer = self.config.n_layer
-        layers = {n_layer, self.config.encoder_layers or n_layer}
-        if features.dim() != 4 or features.shape[1] not in layers:
-            raise ValueError(
-                f"expected features [batch, {n_layer}, time, {self.config.d_model}], "
-                f"got {list(features.shape)}"
-            )
-        x = features[:, :n_layer].float()
+        self._check_features(features)
+        x = features[:, : self.config.n_layer].float()
         kind = self.config.head_type
         if kind == "last_linear":
             pooled = x[:, -1].mean(dim=1)
@@ -189,6 +183,45 @@ class TaggingHead(nn.Module):
             per_layer = self.time_tr(x.reshape(batch * n_layer, time, -1)).mean(dim=1)
             pooled = self.layer_tr(per_layer.reshape(batch, n_layer, -1)).mean(dim=1)
         return self.mlp_layer(pooled)
+
+    def frame_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features ``[batch, layers, time, d_model]`` -> per-frame logits ``[batch, time, C]``.
+
+        The head's own computation with the mean over time left out: each frame's token
+        goes through the rest of the head on its own (for TL-TR after the time block, so
+        it has attended over the whole window). A one-frame window's frame logits are its
+        window logits; otherwise they are a reading of the head, not what it was trained
+        to output (docs/events.md measures how well they localize).
+        """
+        self._check_features(features)
+        x = features[:, : self.config.n_layer].float()
+        kind = self.config.head_type
+        if kind == "last_linear":
+            per_frame = x[:, -1]
+        elif kind == "mean_linear":
+            per_frame = x.mean(dim=1)
+        elif kind in ("wa_linear", "wa_tr"):
+            weights = torch.softmax(self.layer_weight, dim=0)
+            mixed = torch.einsum("l,bltd->btd", weights, x)
+            per_frame = self.time_tr(mixed) if kind == "wa_tr" else mixed
+        else:
+            batch, n_layer, time, _ = x.shape
+            if kind == "tl_tr_low":
+                x = self.down_layer(x)
+            tokens = self.time_tr(x.reshape(batch * n_layer, time, -1))
+            by_frame = tokens.reshape(batch, n_layer, time, -1).transpose(1, 2)
+            layers = self.layer_tr(by_frame.reshape(batch * time, n_layer, -1)).mean(dim=1)
+            per_frame = layers.reshape(batch, time, -1)
+        return self.mlp_layer(per_frame)
+
+    def _check_features(self, features: torch.Tensor) -> None:
+        n_layer = self.config.n_layer
+        layers = {n_layer, self.config.encoder_layers or n_layer}
+        if features.dim() != 4 or features.shape[1] not in layers:
+            raise ValueError(
+                f"expected features [batch, {n_layer}, time, {self.config.d_model}], "
+                f"got {list(features.shape)}"
+            )
 
 
 def save_head(head: TaggingHead, path: str | os.PathLike) -> None:

@@ -16,7 +16,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from .audio import SAMPLE_RATE, audio_duration, describe_source, stream_audio, w
 from .cache import cache_dir
 from .compat import warn_at_time_res
 from .engines import EngineError, WindowSink, make_engine, resolve_engine
+from .events import EventOptions
 from .guard import DEFAULT_SPEECH_THRESHOLD, NonSpeechGuard
 from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
@@ -47,7 +48,7 @@ from .spans import (
     shift_result,
     window_chunks,
 )
-from .tagging import TagAccumulator, TaggingResult
+from .tagging import EventTrack, TagAccumulator, TaggingResult, TrackOptions
 from .tap import install_tap
 from .weights import LoadedWhisper, WeightsError, load_whisper
 from .weights.openai import pt_filename, pt_url, search_dirs
@@ -306,6 +307,7 @@ class WhisperAT:
 
     def _tagging_result(self, accumulator: TagAccumulator, n_samples: int) -> TaggingResult:
         head = self._require_head()
+        track = accumulator.track
         return TaggingResult(
             logits=accumulator.finish(),
             at_time_res=accumulator.at_time_res,
@@ -314,14 +316,23 @@ class WhisperAT:
             reported_classes=head.config.reported_classes,
             thresholds=head.config.thresholds,
             made_by=self.provenance(),
+            track=None if track is None else track.finish(),
+            track_options=None if track is None else track.options,
         )
 
-    def _new_accumulator(self, at_time_res: float) -> TagAccumulator | None:
+    def _accumulator(self, at_time_res: float, track: TrackOptions | None) -> TagAccumulator:
+        """Tags per ``at_time_res`` window plus the per-bin event track."""
+        head = self._require_head()
+        return TagAccumulator(head, at_time_res, EventTrack(head, track or TrackOptions()))
+
+    def _new_accumulator(
+        self, at_time_res: float, track: TrackOptions | None
+    ) -> TagAccumulator | None:
         if self.head is None:
             return None
         # as the reference warns in transcribe; stacklevel 3: the caller of transcribe
         warn_at_time_res(at_time_res, self.head.config.window_seconds, stacklevel=3)
-        return TagAccumulator(self.head, at_time_res)
+        return self._accumulator(at_time_res, track)
 
     def transcribe(
         self,
@@ -336,6 +347,8 @@ class WhisperAT:
         on_segment: SegmentCallback | None = None,
         suppress_non_speech: bool = False,
         speech_threshold: float = DEFAULT_SPEECH_THRESHOLD,
+        event_options: EventOptions | None = None,
+        track_options: TrackOptions | None = None,
         **whisper_options: Any,
     ) -> dict[str, Any]:
         """openai-whisper's transcription plus ``audio_tag`` logits per ``at_time_res`` window.
@@ -361,13 +374,18 @@ class WhisperAT:
                 head. Every segment is flagged either way (``speech_probability``,
                 ``non_speech``; :mod:`whisper_at.guard`, docs/nonspeech.md).
             speech_threshold: the speech probability under which a segment is non-speech.
+            event_options: how ``sound_events`` are detected (default ``EventOptions()``).
+            track_options: how the per-bin event track is computed (default
+                ``TrackOptions()``: the head's frame logits over 10 s blocks).
             whisper_options: passed unchanged to the engine (openai-whisper's names:
                 language, task, temperature, beam_size, word_timestamps, ...).
 
         Returns:
             Whisper's result dict; with a head also ``audio_tag``, ``at_time_res``, the
             label names, per segment its top ``audio_tags``, ``speech_probability`` and
-            ``non_speech``, the ``non_speech_guard`` summary, and ``whisper_at``: what made it.
+            ``non_speech``, the ``non_speech_guard`` summary, ``sound_events`` (dicts of
+            :class:`~whisper_at.events.SoundEvent`), the per-bin ``event_track`` they were
+            read from, and ``whisper_at``: what made it.
         """
         guard = self._guard(suppress_non_speech, speech_threshold)
         if batch_size is not None:
@@ -381,6 +399,8 @@ class WhisperAT:
                 progress=progress,
                 suppress_non_speech=suppress_non_speech,
                 speech_threshold=speech_threshold,
+                event_options=event_options,
+                track_options=track_options,
                 **whisper_options,
             )
             if isinstance(result, FailedInput):
@@ -389,7 +409,7 @@ class WhisperAT:
                 for segment in result["segments"]:
                     on_segment(segment)
             return result
-        accumulator = self._new_accumulator(at_time_res)
+        accumulator = self._new_accumulator(at_time_res, track_options)
         total = audio_duration(audio, sample_rate=sample_rate) if progress else None
         parts: list[dict[str, Any]] = []
         n_samples = 0
@@ -411,7 +431,9 @@ class WhisperAT:
                 _advance(bar, span_end)
         result = merge_results(parts)
         clamp_times(result, n_samples / SAMPLE_RATE)
-        return self._with_tags(result, accumulator, n_samples, tags_per_segment, guard)
+        return self._with_tags(
+            result, accumulator, n_samples, tags_per_segment, guard, event_options
+        )
 
     def _guard(self, suppress: bool, threshold: float) -> NonSpeechGuard:
         """The non-speech guard for one call, checked before anything is decoded."""
@@ -429,9 +451,11 @@ class WhisperAT:
         n_samples: int,
         tags_per_segment: int,
         guard: NonSpeechGuard,
+        event_options: EventOptions | None,
     ) -> dict[str, Any]:
         """The transcription result plus the head's tags (per window, per segment), the
-        non-speech guard's flags, and where it came from. Both transcription paths end here."""
+        non-speech guard's flags, its sound events, and where it came from. Both
+        transcription paths end here."""
         if accumulator is None:
             result["whisper_at"] = self.provenance()
             return result
@@ -443,6 +467,7 @@ class WhisperAT:
                 for t in tagging.span_tags(segment["start"], segment["end"], tags_per_segment)
             ]
         guard.apply(result, tagging)
+        result["sound_events"] = [asdict(event) for event in tagging.events(event_options)]
         return result
 
     def transcribe_many(
@@ -457,6 +482,8 @@ class WhisperAT:
         progress: bool = False,
         suppress_non_speech: bool = False,
         speech_threshold: float = DEFAULT_SPEECH_THRESHOLD,
+        event_options: EventOptions | None = None,
+        track_options: TrackOptions | None = None,
         **whisper_options: Any,
     ) -> Iterator[dict[str, Any] | FailedInput]:
         """Transcribe and tag many recordings with batched decoding: one result per input, in order.
@@ -480,12 +507,16 @@ class WhisperAT:
             )
         _check_batch_size(batch_size)
         guard = self._guard(suppress_non_speech, speech_threshold)
-        group = _Group(self, at_time_res, tags_per_segment, guard, batch_size, whisper_options)
+        group = _Group(
+            self, at_time_res, tags_per_segment, guard, batch_size, event_options, whisper_options
+        )
         limit = int(group_seconds * SAMPLE_RATE)
 
         def results() -> Iterator[dict[str, Any] | FailedInput]:
             for audio in audios:
-                recording = group.queue.open(audio, self._new_accumulator(at_time_res))
+                recording = group.queue.open(
+                    audio, self._new_accumulator(at_time_res, track_options)
+                )
                 spans = _read(lambda a=audio: iter_spans(a, group_seconds, sample_rate), recording)
                 for offset, samples in spans:
                     group.add(recording, offset, samples)
@@ -510,10 +541,13 @@ class WhisperAT:
         batch_size: int = 8,
         sample_rate: int | None = None,
         progress: bool = False,
+        track_options: TrackOptions | None = None,
     ) -> TaggingResult:
-        """Tags only: no decoding. Streams the audio, so memory does not grow with its length.
+        """Tags only: no decoding. Streams the audio, so memory does not grow with its length
+        (the per-bin event track, ``[n_bins, n_classes]`` floats, is kept: 19 MB an hour).
 
-        Raises :class:`~whisper_at.audio.AudioError` for input that cannot be read.
+        ``result.events(EventOptions(...))`` reads sound events from it. Raises
+        :class:`~whisper_at.audio.AudioError` for input that cannot be read.
         """
         total = audio_duration(audio, sample_rate=sample_rate) if progress else None
         (result,) = self.tag_many(
@@ -523,6 +557,7 @@ class WhisperAT:
             sample_rate=sample_rate,
             progress=progress,
             total_seconds=total,
+            track_options=track_options,
         )
         if isinstance(result, FailedInput):
             raise result.error
@@ -537,6 +572,7 @@ class WhisperAT:
         sample_rate: int | None = None,
         progress: bool = False,
         total_seconds: float | None = None,
+        track_options: TrackOptions | None = None,
     ) -> Iterator[TaggingResult | FailedInput]:
         """Tags only for many recordings: one result per input, in order, lazily.
 
@@ -587,7 +623,7 @@ class WhisperAT:
         bar = _audio_progress(total_seconds, "tagging", progress)
         try:
             for audio in audios:
-                recording = queue.open(audio, TagAccumulator(head, at_time_res))
+                recording = queue.open(audio, self._accumulator(at_time_res, track_options))
                 chunks = _read(
                     lambda a=audio: stream_audio(a, N_SAMPLES, sample_rate=sample_rate), recording
                 )
@@ -712,11 +748,13 @@ class _Group:
         tags_per_segment: int,
         guard: NonSpeechGuard,
         batch_size: int,
+        event_options: EventOptions | None,
         options: dict[str, Any],
     ) -> None:
         self.model, self.at_time_res = model, at_time_res
         self.tags_per_segment, self.guard = tags_per_segment, guard
         self.batch_size, self.options = batch_size, options
+        self.event_options = event_options
         self.queue = _InputOrder()
         self.pieces: list[_Piece] = []
         self.n_samples = 0
@@ -792,6 +830,7 @@ class _Group:
                     recording.n_samples,
                     self.tags_per_segment,
                     self.guard,
+                    self.event_options,
                 )
             except ValueError as error:  # too short to tag
                 yield recording.failure(error)

@@ -10,6 +10,11 @@ which is also what lets a bin span two decoder windows.
 Tagging windows of ``at_time_res`` seconds group consecutive bins; a window is
 handed to the head as soon as all its bins are complete, so long audio needs
 only the bins of the window in progress.
+
+Independently of ``at_time_res``, an *event track* gives every bin its own logits,
+the input of sound-event detection (:mod:`whisper_at.events`): by default the head's
+per-frame logits over consecutive 10 s blocks (``TrackOptions``; docs/events.md
+compares it with running the head on a window around every bin).
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 
+from .events import EventOptions, SoundEvent, detect_events
 from .labels import LabelSet, audioset_labels
+
+if TYPE_CHECKING:
+    from .heads import TaggingHead
 
 logger = logging.getLogger("whisper_at")
 
@@ -66,13 +75,116 @@ def pool_bins(layers: torch.Tensor) -> torch.Tensor:
     return layers.float().reshape(b, n_layer, n_bins, ENCODER_FRAMES_PER_BIN, d).mean(dim=3)
 
 
+TrackMethod = Literal["frames", "sliding"]
+TRACK_METHODS: tuple[str, ...] = TrackMethod.__args__  # type: ignore[attr-defined]
+TRACK_BATCH = 64  # sliding windows per head call, so memory stays bounded
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """How the per-bin event track is computed.
+
+    method: "frames" (default): the head's per-frame logits
+        (:meth:`~whisper_at.heads.TaggingHead.frame_logits`) over consecutive blocks of
+        ``context_seconds`` on the file's grid; one head pass per block, so it costs
+        about what the tags cost. "sliding": the head's logits for a window of
+        ``context_seconds`` centred on every bin (cut at the file's ends), one window
+        per bin: ``context_seconds / 0.4`` times the head work.
+    context_seconds: a multiple of 0.4 s; the heads were trained on 10 s windows.
+    """
+
+    method: TrackMethod = "frames"
+    context_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.method not in TRACK_METHODS:
+            raise ValueError(f"track method must be one of {TRACK_METHODS}, got {self.method!r}")
+        bins_per_window(self.context_seconds)
+
+
+class EventTrack:
+    """Per-bin logits of one stream, computed as its pooled bins arrive in order."""
+
+    def __init__(self, head: TaggingHead, options: TrackOptions) -> None:
+        self.head, self.options = head, options
+        self.context = bins_per_window(options.context_seconds)
+        self._pending: torch.Tensor | None = None  # pooled bins [n, n_layer, d] still needed
+        self._first = 0  # absolute bin of _pending[0]
+        self._next = 0  # the next bin whose logits are due
+        self._logits: list[torch.Tensor] = []
+
+    def add(self, pooled: torch.Tensor) -> None:
+        """The next pooled bins ``[n, n_layer, d]`` of the stream."""
+        self._pending = pooled if self._pending is None else torch.cat([self._pending, pooled])
+        self._run(final=False)
+
+    def finish(self) -> torch.Tensor:
+        """Logits ``[n_bins, n_classes]`` for every bin of the stream."""
+        self._run(final=True)
+        return torch.cat(self._logits).float().cpu() if self._logits else torch.zeros(0, 0)
+
+    def _run(self, final: bool) -> None:
+        if self._pending is None:
+            return
+        with torch.inference_mode():
+            if self.options.method == "frames":
+                self._frames(final)
+            else:
+                self._sliding(final)
+
+    def _frames(self, final: bool) -> None:
+        k, pending = self.context, self._pending
+        full = pending.shape[0] // k
+        if full:
+            blocks = pending[: full * k].reshape(full, k, *pending.shape[1:]).transpose(1, 2)
+            self._logits.append(self.head.frame_logits(blocks).flatten(0, 1))
+        used = full * k
+        if final and pending.shape[0] > used:
+            rest = pending[used:].transpose(0, 1)[None]
+            self._logits.append(self.head.frame_logits(rest)[0])
+            used = pending.shape[0]
+        self._pending = pending[used:]
+        self._first += used
+        self._next = self._first
+
+    def _sliding(self, final: bool) -> None:
+        k, pending, first = self.context, self._pending, self._first
+        before = (k - 1) // 2
+        after = k - 1 - before
+        end = first + pending.shape[0]  # bins available
+        ready = end if final else end - after
+        b = self._next
+        while b < ready:
+            lo, hi = max(0, b - before), min(end, b + after + 1)
+            if hi - lo == k:  # a run of whole windows, batched
+                stop = min(ready, end - after)
+                windows = pending.unfold(0, k, 1)[lo - first : stop - before - first]
+                for batch in windows.permute(0, 1, 3, 2).split(TRACK_BATCH):
+                    self._logits.append(self.head(batch))
+                b = stop
+            else:  # near an end of the file: a shorter window
+                window = pending[lo - first : hi - first].transpose(0, 1)[None]
+                self._logits.append(self.head(window))
+                b += 1
+        self._next = b
+        keep = max(first, b - before)
+        self._pending = pending[keep - first :]
+        self._first = keep
+
+
 class TagAccumulator:
     """Collects encoder passes for one audio stream and runs the head window by window."""
 
-    def __init__(self, head: Callable[[torch.Tensor], torch.Tensor], at_time_res: float) -> None:
+    def __init__(
+        self,
+        head: Callable[[torch.Tensor], torch.Tensor],
+        at_time_res: float,
+        track: EventTrack | None = None,
+    ) -> None:
         self.head = head  # features [n, n_layer, time, d] -> logits [n, n_classes]
         self.at_time_res = at_time_res
         self.window_bins = bins_per_window(at_time_res)
+        self.track = track  # per-bin logits for sound events, when wanted
         self._covered = 0  # absolute encoder frames [0, covered) already taken
         self._first_bin = 0  # absolute index of _sums[0]
         self._sums: torch.Tensor | None = None  # [pending bins, n_layer, d] running sums
@@ -144,6 +256,8 @@ class TagAccumulator:
             return
         n_bins = min(ready * k, self._pending_bins())
         pooled = self._sums[:n_bins] / self._counts[:n_bins].clamp(min=1)[:, None, None]
+        if self.track is not None:
+            self.track.add(pooled)
         full = n_bins // k
         with torch.inference_mode():
             if full:
@@ -181,6 +295,8 @@ class TaggingResult:
     reported_classes: list[int]
     thresholds: list[float] | None = None  # the head's per-class thresholds, for "auto"
     made_by: dict[str, Any] | None = None  # version, model, engine, precision, head file
+    track: torch.Tensor | None = None  # [n_bins, n_classes] logits per 0.4 s bin, for events
+    track_options: TrackOptions | None = None  # how ``track`` was computed
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -285,9 +401,28 @@ class TaggingResult:
             tags.append(Tag(names[index], index, 1.0 / (1.0 + math.exp(-logit)), logit))
         return tags
 
+    def events(self, options: EventOptions | None = None) -> list[SoundEvent]:
+        """Sound events with onsets and offsets, from the per-bin track (0.4 s resolution,
+        whatever ``at_time_res`` is); see :class:`~whisper_at.events.EventOptions`."""
+        if self.track is None:
+            raise ValueError(
+                "this result has no event track (it was made without one, or read back from "
+                "JSON, which keeps the events but not the track)"
+            )
+        options = options or EventOptions()
+        return detect_events(
+            torch.sigmoid(self.track),
+            self.labels,
+            self.class_thresholds(options.threshold),
+            options,
+            candidates=self.reported_classes,
+            duration=self.duration,
+            bin_seconds=BIN_SECONDS,
+        )
+
     def to_result_fields(self) -> dict[str, Any]:
         """The keys a transcription result dict carries (reference-compatible names)."""
-        return {
+        fields = {
             "audio_tag": self.logits,
             "at_time_res": self.at_time_res,
             "audio_tag_labels": list(self.labels.names),
@@ -297,6 +432,10 @@ class TaggingResult:
             "duration": self.duration,
             **({"whisper_at": self.made_by} if self.made_by is not None else {}),
         }
+        if self.track is not None:
+            fields["event_track"] = self.track
+            fields["event_track_options"] = asdict(self.track_options or TrackOptions())
+        return fields
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> TaggingResult:
@@ -312,6 +451,7 @@ class TaggingResult:
             else audioset_labels()
         )
         res = float(result["at_time_res"])
+        track = result.get("event_track")
         return cls(
             logits=logits,
             at_time_res=res,
@@ -320,4 +460,8 @@ class TaggingResult:
             reported_classes=list(result.get("audio_tag_classes") or range(len(labels))),
             thresholds=result.get("audio_tag_thresholds"),
             made_by=result.get("whisper_at"),
+            track=None if track is None else torch.as_tensor(track).float(),
+            track_options=TrackOptions(**result["event_track_options"])
+            if result.get("event_track_options")
+            else None,
         )

@@ -12,10 +12,12 @@ from typing import Any
 import torch
 from whisper.utils import get_writer
 
+from .events import EventOptions, SoundEvent
 from .tagging import TaggingResult, Threshold
 
 TRANSCRIPT_FORMATS = ("txt", "srt", "vtt", "tsv")
-OUTPUT_FORMATS = (*TRANSCRIPT_FORMATS, "json", "tags")
+OUTPUT_FORMATS = (*TRANSCRIPT_FORMATS, "json", "tags", "events")
+EVENT_COLUMNS = ["filename", "onset", "offset", "event_label"]  # DCASE's TSV header
 
 
 def tag_windows_json(
@@ -25,15 +27,42 @@ def tag_windows_json(
 
 
 def json_ready(
-    result: dict[str, Any], top_k: int = 5, threshold: Threshold = "auto"
+    result: dict[str, Any],
+    top_k: int = 5,
+    threshold: Threshold = "auto",
+    event_options: EventOptions | None = None,
 ) -> dict[str, Any]:
-    """A transcription result with tensors turned into lists and readable tag windows added."""
-    ready = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+    """A transcription result with tensors turned into lists and readable tag windows added.
+
+    ``sound_events`` are detected with ``event_options``; the per-bin ``event_track`` they
+    come from is left out (25 numbers per class for every 10 s: too big for a JSON file).
+    """
+    ready = {
+        k: v.tolist() if isinstance(v, torch.Tensor) else v
+        for k, v in result.items()
+        if k != "event_track"
+    }
     if result.get("audio_tag") is not None:
         tagging = TaggingResult.from_result(result)
         ready["audio_tag"] = [[round(x, 4) for x in row] for row in tagging.logits.tolist()]
         ready["tags"] = tag_windows_json(tagging, top_k, threshold)
+        if tagging.track is not None:
+            ready["sound_events"] = [asdict(e) for e in tagging.events(event_options)]
     return ready
+
+
+def event_rows(filename: str, events: list[SoundEvent]) -> list[list[str]]:
+    """DCASE rows: file name, onset and offset in seconds, label."""
+    return [[filename, f"{e.start:.3f}", f"{e.end:.3f}", e.label] for e in events]
+
+
+def write_events_tsv(path: Path, rows: list[list[str]]) -> None:
+    """A DCASE-style event list (``filename onset offset event_label``), as sed_eval and
+    sed_scores_eval read it."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(EVENT_COLUMNS)
+        writer.writerows(rows)
 
 
 TAG_COLUMNS = ["start", "end", "label", "probability", "logit"]
@@ -92,8 +121,12 @@ def write_outputs(
     formats: list[str],
     top_k: int = 5,
     threshold: Threshold = "auto",
+    event_options: EventOptions | None = None,
 ) -> list[Path]:
-    """Write the chosen formats next to each other as ``<audio stem>.<ext>``; returns the paths."""
+    """Write the chosen formats next to each other as ``<audio stem>.<ext>``; returns the paths.
+
+    ``events`` is ``<stem>.events.tsv``, a DCASE event list of the file.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(audio_path).stem
@@ -105,10 +138,16 @@ def write_outputs(
         elif fmt == "json":
             path = out / f"{stem}.json"
             with open(path, "w", encoding="utf-8") as f:
-                json.dump(json_ready(result, top_k, threshold), f, ensure_ascii=False, indent=1)
+                ready = json_ready(result, top_k, threshold, event_options)
+                json.dump(ready, f, ensure_ascii=False, indent=1)
             written.append(path)
         elif fmt == "tags" and result.get("audio_tag") is not None:
             path = out / f"{stem}.tags.tsv"
             write_tags_tsv(TaggingResult.from_result(result), path, top_k, threshold)
+            written.append(path)
+        elif fmt == "events" and result.get("event_track") is not None:
+            path = out / f"{stem}.events.tsv"
+            events = TaggingResult.from_result(result).events(event_options)
+            write_events_tsv(path, event_rows(Path(audio_path).name, events))
             written.append(path)
     return written

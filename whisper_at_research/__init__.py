@@ -18,6 +18,7 @@ RESEARCH_DEPENDENCIES = {
     "scipy": "scipy",
     "matplotlib": "matplotlib",
     "jiwer": "jiwer",
+    "sed_scores_eval": "sed_scores_eval",
 }
 
 

@@ -2,8 +2,9 @@
 
 Registered under the ``whisper_at.commands`` entry-point group (pyproject.toml), so
 the runtime's CLI finds them without importing this package: ``whisper-at corpus``,
-``features``, ``train``, ``evaluate``, ``calibrate`` and ``analyze``. Each takes the arguments after
-its name and returns an exit status; without the research extra it says what to install.
+``features``, ``train``, ``evaluate``, ``evaluate-events``, ``calibrate`` and ``analyze``.
+Each takes the arguments after its name and returns an exit status; without the research
+extra it says what to install.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def _evaluate(argv: list[str]) -> int:
     return evaluate_main(argv)
 
 
+def _evaluate_events(argv: list[str]) -> int:
+    from .training.cli import evaluate_events_main
+
+    return evaluate_events_main(argv)
+
+
 def _calibrate(argv: list[str]) -> int:
     from .training.cli import calibrate_main
 
@@ -71,5 +78,6 @@ corpus = _checked("corpus", False, _corpus)
 features = _checked("features", True, _features)
 train = _checked("train", True, _train)
 evaluate = _checked("evaluate", True, _evaluate)
+evaluate_events = _checked("evaluate-events", True, _evaluate_events)
 calibrate = _checked("calibrate", True, _calibrate)
 analyze = _checked("analyze", True, _analyze)

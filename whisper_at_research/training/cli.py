@@ -1,4 +1,5 @@
-"""Command-line entry points: ``whisper-at features extract``, ``train`` and ``evaluate``.
+"""Command-line entry points: ``whisper-at features extract``, ``train``, ``evaluate``,
+``calibrate`` and ``evaluate-events``.
 
 Each ``*_main(argv)`` takes the arguments after its subcommand words and returns an
 exit status: 0 on success, 1 when the work failed (the reason is printed), 2 for
@@ -13,6 +14,7 @@ import sys
 import traceback
 
 from whisper_at.cli import threshold_argument
+from whisper_at.events import EventOptions
 from whisper_at.heads import HEAD_TYPES
 from whisper_at.labels import LabelSet, audioset_labels
 
@@ -20,6 +22,7 @@ from .source_split import SPLIT_SCHEMES
 
 logger = logging.getLogger("whisper_at")
 USER_ERRORS = (OSError, ValueError, KeyError)  # FeatureStoreError, HeadError, ... are ValueErrors
+EVENT_DEFAULTS = EventOptions()
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -346,3 +349,83 @@ def calibrate_main(argv: list[str] | None = None) -> int:
             )
 
     return _run(run, args, "whisper-at calibrate")
+
+
+# -- whisper-at evaluate-events --------------------------------------------------------------
+def _track_choice(text: str):
+    from .sed import TrackChoice
+
+    try:
+        return TrackChoice.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def evaluate_events_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="whisper-at evaluate-events",
+        description="Evaluate sound events (onsets/offsets) on a feature store's clips against "
+        "where the corpus builder placed each sound: PSDS of the per-bin track and F1 of the "
+        "post-processed events (sed_scores_eval).",
+    )
+    p.add_argument("features", help="feature store folder (its manifest records the events)")
+    p.add_argument("--head", help="head checkpoint (default: the one shipped for the store)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument(
+        "--track",
+        action="append",
+        type=_track_choice,
+        help="window (the clip's 10 s window probabilities on every bin), or METHOD:SECONDS "
+        "(frames:10, sliding:2, ...); repeatable (default: window and frames:10)",
+    )
+    p.add_argument("--threshold", type=threshold_argument, default="auto")
+    p.add_argument("--low-ratio", type=float, default=EVENT_DEFAULTS.low_ratio)
+    p.add_argument("--median-bins", type=int, default=EVENT_DEFAULTS.median_bins)
+    p.add_argument("--min-duration", type=float, default=EVENT_DEFAULTS.min_duration)
+    p.add_argument("--max-gap", type=float, default=EVENT_DEFAULTS.max_gap)
+    p.add_argument("--out", default="events.json", help="report (.json; .md next to it)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def evaluate_events_main(argv: list[str] | None = None) -> int:
+    parser = evaluate_events_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = EventOptions(
+            threshold=args.threshold,
+            low_ratio=args.low_ratio,
+            median_bins=args.median_bins,
+            min_duration=args.min_duration,
+            max_gap=args.max_gap,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+
+    def run(args: argparse.Namespace) -> None:
+        from .sed import evaluate_events
+
+        report = evaluate_events(
+            args.features,
+            args.head,
+            split=args.split,
+            tracks=args.track,
+            event_options=options,
+            out=args.out,
+            progress=not args.no_progress,
+        )
+        print(
+            f"{report['split']}: {report['n_clips']} clips, {report['n_reference_events']} "
+            f"reference events, {len(report['classes'])} classes"
+        )
+        for r in report["rows"]:
+            print(
+                f"  {r['track']:12s} PSDS1 {r['psds1']:.3f} PSDS2 {r['psds2']:.3f} "
+                f"collar F1 {r['collar_f1_macro']:.3f} (micro {r['collar_f1_micro']:.3f}) "
+                f"segment F1 {r['segment_f1_macro']:.3f} (micro {r['segment_f1_micro']:.3f}) "
+                f"track {r['seconds_per_hour']:.1f} s/h"
+            )
+        print(f"report in {args.out}")
+
+    return _run(run, args, "whisper-at evaluate-events")

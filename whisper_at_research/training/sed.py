@@ -1,0 +1,304 @@
+"""Evaluate sound-event detection (onsets and offsets) on the corpus's strongly labelled clips.
+
+The corpus builder records where it placed every recording in a clip (the manifest's
+``events``: start and end seconds and the recording's classes, ontology parents
+included), so every clip has a strong reference. For each way of computing the per-bin
+event track (:class:`whisper_at.tagging.TrackOptions`), the runtime's
+:class:`~whisper_at.tagging.EventTrack` runs on each clip's stored pooled bins (the 25
+bins of its 10 s, a stream of its own, as ``WhisperAT.tag`` gives them for a 10 s file),
+then, with ``sed_scores_eval``:
+
+- threshold-independent: PSDS on the raw track probabilities, DCASE's scenario 1
+  (detection and ground-truth tolerance 0.7, no cross-trigger penalty) and scenario 2
+  (tolerance 0.1, cross-trigger tolerance 0.3, alpha_ct 0.5), both with alpha_st 1 and
+  at most 100 false positives per hour;
+- with the post-processing (:class:`whisper_at.events.EventOptions`), on the events
+  ``TaggingResult.events`` returns: collar-based F1 (onset collar 200 ms, offset collar
+  200 ms or 20 % of the event) and segment-based F1 (1 s segments), macro and micro
+  averaged.
+
+A baseline, ``window``, gives every bin the clip's 10 s window probabilities (tags with
+no localization). Only the classes the head reports that occur in the split's reference
+are scored; detections of other classes are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from whisper_at.events import EventOptions
+from whisper_at.heads import TaggingHead, load_head
+from whisper_at.labels import LabelSet
+from whisper_at.pipeline import shipped_head_path
+from whisper_at.tagging import BIN_SECONDS, EventTrack, TaggingResult, TrackOptions
+
+from .features import FeatureStoreError, load_features
+from .manifest import read_manifest
+
+logger = logging.getLogger("whisper_at")
+
+CLIP_SECONDS = 10.0
+PSDS_SCENARIOS = {
+    "psds1": {"dtc_threshold": 0.7, "gtc_threshold": 0.7, "cttc_threshold": None, "alpha_ct": 0.0},
+    "psds2": {"dtc_threshold": 0.1, "gtc_threshold": 0.1, "cttc_threshold": 0.3, "alpha_ct": 0.5},
+}
+COLLARS = {"onset_collar": 0.2, "offset_collar": 0.2, "offset_collar_rate": 0.2}
+SEGMENT_SECONDS = 1.0
+
+Reference = dict[str, list[tuple[float, float, str]]]
+
+
+@dataclass(frozen=True)
+class TrackChoice:
+    """One way to get the per-bin track: a runtime ``TrackOptions``, or None for the
+    ``window`` baseline."""
+
+    options: TrackOptions | None
+
+    @property
+    def name(self) -> str:
+        if self.options is None:
+            return "window"
+        return f"{self.options.method}:{self.options.context_seconds:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> TrackChoice:
+        """``window``, or ``METHOD:SECONDS`` such as ``frames:10`` or ``sliding:2``."""
+        if text == "window":
+            return cls(None)
+        method, _, seconds = text.partition(":")
+        try:
+            return cls(TrackOptions(method, float(seconds or 10.0)))  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ValueError(f"bad track {text!r}: {e} (give window or METHOD:SECONDS)") from e
+
+
+def reference_events(
+    manifest: str | os.PathLike, clip_ids: list[str], labels: LabelSet, classes: set[int]
+) -> Reference:
+    """Per clip, its placed events as ``(onset, offset, label)`` for the given classes;
+    overlapping or touching events of one label are joined (a sound repeated over itself
+    is one occurrence)."""
+    clips = read_manifest(manifest)
+    with open(manifest, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    by_id = {clip.id: row for clip, row in zip(clips, rows, strict=True)}
+    missing = [i for i in clip_ids if i not in by_id]
+    if missing:
+        raise FeatureStoreError(f"{len(missing)} store clips are not in {manifest}: {missing[:3]}")
+    names = dict(enumerate(labels.names))
+    reference: Reference = {}
+    for clip_id in clip_ids:
+        if "events" not in by_id[clip_id]:
+            raise FeatureStoreError(
+                f"{manifest}: clip {clip_id} records no event placement (manifests of "
+                "`whisper-at corpus build` do)"
+            )
+        spans: dict[int, list[tuple[float, float]]] = {}
+        for event in by_id[clip_id]["events"]:
+            for c in event["labels"]:
+                if c in classes:
+                    spans.setdefault(c, []).append((event["start"], event["end"]))
+        reference[clip_id] = [
+            (onset, offset, names[c])
+            for c, found in sorted(spans.items())
+            for onset, offset in _join(sorted(found))
+        ]
+    return reference
+
+
+def _join(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    joined: list[tuple[float, float]] = []
+    for onset, offset in spans:
+        if joined and onset <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], offset))
+        else:
+            joined.append((onset, offset))
+    return joined
+
+
+def clip_tracks(head: TaggingHead, features: torch.Tensor, choice: TrackChoice) -> torch.Tensor:
+    """Per-bin logits ``[n_clips, bins, n_classes]`` of clips ``[n, n_layer, bins, d]``."""
+    with torch.inference_mode():
+        if choice.options is None:
+            window = head(features.float())
+            return window[:, None].expand(-1, features.shape[2], -1).clone()
+        tracks = []
+        for clip in features:
+            track = EventTrack(head, choice.options)
+            track.add(clip.transpose(0, 1).float())
+            tracks.append(track.finish())
+        return torch.stack(tracks)
+
+
+def evaluate_events(
+    features_dir: str | os.PathLike,
+    head: str | os.PathLike | TaggingHead | None = None,
+    *,
+    split: str = "test",
+    tracks: list[TrackChoice] | None = None,
+    event_options: EventOptions | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Scores of every track choice on ``split``; writes ``out`` (JSON) and ``.md`` next to it.
+
+    ``head``: a checkpoint, or None for the head shipped for the store's Whisper.
+    """
+    import sed_scores_eval
+
+    data = load_features(features_dir, splits=[split])
+    if len(data) == 0:
+        raise FeatureStoreError(f"{features_dir} has no {split} clips")
+    meta = data.meta
+    if head is None:
+        path = shipped_head_path(meta["whisper_name"])
+        if path is None:
+            raise ValueError(f"no head ships for {meta['whisper_name']}: give one")
+        head = path
+    head_name = "<in memory>" if isinstance(head, TaggingHead) else str(head)
+    head = head if isinstance(head, TaggingHead) else load_head(head)
+    cfg = head.config
+    cfg.check_encoder(meta["n_layer"], meta["d_model"], f"the store {features_dir}")
+    labels = cfg.labels
+    reported = set(cfg.reported_classes)
+    reference = reference_events(meta["manifest"], data.ids, labels, reported)
+    present = sorted({labels.index(name) for events in reference.values() for *_, name in events})
+    classes = [labels.names[c] for c in present]
+    durations = {clip_id: CLIP_SECONDS for clip_id in data.ids}
+    options = event_options or EventOptions()
+    tracks = tracks or [TrackChoice(None), TrackChoice(TrackOptions())]
+    seconds_of_audio = len(data) * CLIP_SECONDS
+
+    rows = []
+    for choice in tqdm(tracks, desc="tracks", disable=not progress):
+        started = time.perf_counter()
+        logits = clip_tracks(head, data.features, choice)
+        cost = time.perf_counter() - started
+        probabilities = torch.sigmoid(logits).numpy()
+        scores = {
+            clip_id: _score_frame(probabilities[i][:, present], classes)
+            for i, clip_id in enumerate(data.ids)
+        }
+        row = {"track": choice.name, "seconds_per_hour": cost / seconds_of_audio * 3600}
+        for name, scenario in PSDS_SCENARIOS.items():
+            psds, *_ = sed_scores_eval.intersection_based.psds(
+                scores=scores,
+                ground_truth=reference,
+                audio_durations=durations,
+                alpha_st=1.0,
+                unit_of_time="hour",
+                max_efpr=100.0,
+                **scenario,
+            )
+            row[name] = float(psds)
+        detected, n_events = _detections(head, data.ids, logits, present, classes, options)
+        collar, *_ = sed_scores_eval.collar_based.fscore(
+            detected, reference, threshold=0.5, **COLLARS
+        )
+        segment, *_ = sed_scores_eval.segment_based.fscore(
+            detected, reference, durations, threshold=0.5, segment_length=SEGMENT_SECONDS
+        )
+        row.update(
+            collar_f1_macro=float(collar["macro_average"]),
+            collar_f1_micro=float(collar["micro_average"]),
+            segment_f1_macro=float(segment["macro_average"]),
+            segment_f1_micro=float(segment["micro_average"]),
+            n_events=n_events,
+        )
+        logger.info("%s: %s", choice.name, row)
+        rows.append(row)
+
+    report = {
+        "features": str(features_dir),
+        "manifest": meta["manifest"],
+        "head": head_name,
+        "split": split,
+        "n_clips": len(data),
+        "n_reference_events": sum(len(events) for events in reference.values()),
+        "classes": classes,
+        "event_options": asdict(options),
+        "collars": COLLARS,
+        "segment_seconds": SEGMENT_SECONDS,
+        "psds_scenarios": PSDS_SCENARIOS,
+        "rows": rows,
+    }
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(report_markdown(report), encoding="utf-8")
+    return report
+
+
+def _score_frame(probabilities: np.ndarray, classes: list[str]):
+    from sed_scores_eval.base_modules.scores import create_score_dataframe
+
+    bins = probabilities.shape[0]
+    edges = np.minimum(np.arange(bins + 1) * BIN_SECONDS, CLIP_SECONDS)
+    return create_score_dataframe(probabilities, edges, classes)
+
+
+def _detections(
+    head: TaggingHead,
+    clip_ids: list[str],
+    logits: torch.Tensor,
+    present: list[int],
+    classes: list[str],
+    options: EventOptions,
+) -> tuple[dict, int]:
+    """The events the runtime detects, as 0/1 score frames on the bin grid (sed_scores_eval
+    reads hard decisions this way: threshold 0.5), and how many there are."""
+    cfg = head.config
+    frames, n_events = {}, 0
+    column = {c: j for j, c in enumerate(present)}
+    for i, clip_id in enumerate(clip_ids):
+        result = TaggingResult(
+            logits=logits[i].mean(dim=0, keepdim=True),  # not read by events()
+            at_time_res=CLIP_SECONDS,
+            duration=CLIP_SECONDS,
+            labels=cfg.labels,
+            reported_classes=cfg.reported_classes,
+            thresholds=cfg.thresholds,
+            track=logits[i],
+        )
+        active = np.zeros((logits.shape[1], len(present)))
+        for event in result.events(options):
+            if event.index in column:
+                n_events += 1
+                first = round(event.start / BIN_SECONDS)
+                last = round(event.end / BIN_SECONDS)
+                active[first:last, column[event.index]] = 1.0
+        frames[clip_id] = _score_frame(active, classes)
+    return frames, n_events
+
+
+def report_markdown(report: dict) -> str:
+    opts = report["event_options"]
+    lines = [
+        f"# Sound-event detection: {report['split']} split",
+        "",
+        f"{report['n_clips']} clips, {report['n_reference_events']} reference events of "
+        f"{len(report['classes'])} classes; head {report['head']}; store {report['features']}.",
+        f"Post-processing: {opts}.",
+        "",
+        "| track | PSDS1 | PSDS2 | collar F1 macro | collar F1 micro | segment F1 macro "
+        "| segment F1 micro | events | track s per hour |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['track']} | {r['psds1']:.3f} | {r['psds2']:.3f} | {r['collar_f1_macro']:.3f} "
+            f"| {r['collar_f1_micro']:.3f} | {r['segment_f1_macro']:.3f} "
+            f"| {r['segment_f1_micro']:.3f} | {r['n_events']} | {r['seconds_per_hour']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
