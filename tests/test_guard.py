@@ -116,7 +116,7 @@ def test_suppression_needs_a_head(tmp_path):
     assert "speech_probability" not in untagged.transcribe(silence())["segments"][0]
 
 
-@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), "0.2", True])
 def test_a_bad_speech_threshold_is_refused(model, threshold):
     with pytest.raises(ValueError, match="speech_threshold must be a probability"):
         model.transcribe(silence(), speech_threshold=threshold)

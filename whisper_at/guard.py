@@ -55,7 +55,8 @@ class NonSpeechGuard:
     suppress: bool = False
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.threshold, int | float) and 0.0 <= self.threshold <= 1.0):
+        number = isinstance(self.threshold, int | float) and not isinstance(self.threshold, bool)
+        if not (number and 0.0 <= self.threshold <= 1.0):
             raise ValueError(
                 f"speech_threshold must be a probability in [0, 1], got {self.threshold!r}"
             )
