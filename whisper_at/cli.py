@@ -23,6 +23,7 @@ from .audio import audio_duration
 from .captions import CaptionStyle, parse_caption_classes
 from .engines import ENGINES
 from .events import EventOptions, SoundEvent
+from .guard import DEFAULT_SPEECH_THRESHOLD, NonSpeechGuard
 from .heads import HeadError
 from .labels import audioset_labels
 from .pipeline import FailedInput, WhisperAT, load_model
@@ -84,6 +85,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    """A probability from 0 to 1 (the non-speech guard's threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return value
+
+
 def threshold_argument(text: str) -> Threshold:
     """The argparse type of a tag threshold (here and in the research commands): "auto"
     (the head's per-class thresholds) or one probability; outside [0, 1] a number would
@@ -91,12 +103,11 @@ def threshold_argument(text: str) -> Threshold:
     if text == "auto":
         return "auto"
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected auto or a probability in [0, 1], got {text!r}")
-    return value
+        return _probability(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a probability in [0, 1], got {text!r}"
+        ) from None
 
 
 def _caption_classes(text: str) -> frozenset[str]:
@@ -300,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=CaptionStyle.min_duration,
         help=f"seconds a cue stays on screen at least (default: {CaptionStyle.min_duration:g})",
     )
+    parser.add_argument(
+        "--suppress-non-speech",
+        action="store_true",
+        help="leave out of the transcript the segments the tags say hold no speech (music, "
+        "noise, silence); they stay in the json under suppressed_segments (docs/nonspeech.md)",
+    )
+    parser.add_argument(
+        "--speech-threshold",
+        type=_probability,
+        default=DEFAULT_SPEECH_THRESHOLD,
+        help="speech probability under which a segment is non-speech "
+        f"(default: {DEFAULT_SPEECH_THRESHOLD})",
+    )
     return parser
 
 
@@ -380,6 +404,8 @@ def _whisper_options(args: argparse.Namespace) -> dict[str, Any]:
         "word_timestamps": args.word_timestamps or getattr(args, "captions", False),
         "condition_on_previous_text": not args.no_condition_on_previous_text,
         "verbose": False if args.debug else None,
+        "suppress_non_speech": args.suppress_non_speech,
+        "speech_threshold": args.speech_threshold,
     }
     for key in ("language", "beam_size", "best_of", "initial_prompt"):
         if getattr(args, key) is not None:
@@ -408,6 +434,9 @@ def _report_transcript(
     if not segments_printed:
         for segment in result["segments"]:
             _print_segment(segment)
+    left_out = len(result.get("suppressed_segments", []))
+    if left_out:
+        print(f"({left_out} non-speech segment(s) left out of the transcript)")
     if result.get("audio_tag") is not None:
         print("sound events:")
         tagging = TaggingResult.from_result(result)
@@ -510,6 +539,17 @@ def main(argv: list[str] | None = None) -> int:
     if not tags_only and args.batch_size is not None and not model.engine.batched:
         print("whisper-at: error: --batch-size needs the ct2 engine", file=sys.stderr)
         return 2
+    if not tags_only and args.suppress_non_speech:
+        config = model.head.config if model.head is not None else None
+        try:
+            NonSpeechGuard(args.speech_threshold, suppress=True).check(
+                config.labels if config else None,
+                config.reported_classes if config else [],
+                model.name,
+            )
+        except ValueError as e:
+            print(f"whisper-at: error: --suppress-non-speech: {e}", file=sys.stderr)
+            return 2
     try:
         paths = expand_inputs(args.audio)
     except ValueError as e:
@@ -551,6 +591,8 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error("--captions writes srt or vtt: add them to --output-format")
         if args.head == "none":
             parser.error("--captions reads the sound events: it needs a head, not --head none")
+    if getattr(args, "suppress_non_speech", False) and args.head == "none":
+        parser.error("--suppress-non-speech reads the tags: it needs a head, not --head none")
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         parser.error(f"argument --output-dir: {output_dir} exists and is not a folder")
@@ -627,14 +669,16 @@ def _run(model: WhisperAT, paths: list[str], args: argparse.Namespace, tags_only
             for path in paths:
                 print(f"== {path}")
                 try:
+                    # suppressed segments are known only once tagged: print after the file
+                    live = not args.suppress_non_speech
                     result = model.transcribe(
                         path,
                         args.at_time_res,
                         progress=_show_progress(),
-                        on_segment=_print_segment,
+                        on_segment=_print_segment if live else None,
                         **_whisper_options(args),
                     )
-                    report(path, result, segments_printed=True)
+                    report(path, result, segments_printed=live)
                 except Exception as e:
                     fail(path, e)
         else:

@@ -36,6 +36,7 @@ from .cache import cache_dir
 from .compat import warn_at_time_res
 from .engines import EngineError, WindowSink, make_engine, resolve_engine
 from .events import EventOptions
+from .guard import DEFAULT_SPEECH_THRESHOLD, NonSpeechGuard
 from .heads import HeadError, TaggingHead, import_reference_head, load_head
 from .labels import LabelSet
 from .precision import Precision, PrecisionError, quantize_int8, resolve_precision
@@ -344,6 +345,8 @@ class WhisperAT:
         batch_size: int | None = None,
         progress: bool = False,
         on_segment: SegmentCallback | None = None,
+        suppress_non_speech: bool = False,
+        speech_threshold: float = DEFAULT_SPEECH_THRESHOLD,
         event_options: EventOptions | None = None,
         track_options: TrackOptions | None = None,
         **whisper_options: Any,
@@ -363,7 +366,14 @@ class WhisperAT:
             progress: show a progress bar in seconds of audio.
             on_segment: called with each segment as soon as it is decoded, on the
                 recording's time line (the ct2 engine decodes lazily; the torch engine
-                hands a span's segments over when the span is done).
+                hands a span's segments over when the span is done). Segments reach it
+                before the non-speech guard has read their tags (with ``batch_size``,
+                after: then only the segments kept).
+            suppress_non_speech: leave segments the tags say hold no speech out of
+                ``text`` and ``segments`` (they move to ``suppressed_segments``); needs a
+                head. Every segment is flagged either way (``speech_probability``,
+                ``non_speech``; :mod:`whisper_at.guard`, docs/nonspeech.md).
+            speech_threshold: the speech probability under which a segment is non-speech.
             event_options: how ``sound_events`` are detected (default ``EventOptions()``).
             track_options: how the per-bin event track is computed (default
                 ``TrackOptions()``: the head's frame logits over 10 s blocks).
@@ -372,10 +382,12 @@ class WhisperAT:
 
         Returns:
             Whisper's result dict; with a head also ``audio_tag``, ``at_time_res``, the
-            label names, per segment its top ``audio_tags``, ``sound_events`` (dicts of
+            label names, per segment its top ``audio_tags``, ``speech_probability`` and
+            ``non_speech``, the ``non_speech_guard`` summary, ``sound_events`` (dicts of
             :class:`~whisper_at.events.SoundEvent`), the per-bin ``event_track`` they were
             read from, and ``whisper_at``: what made it.
         """
+        guard = self._guard(suppress_non_speech, speech_threshold)
         if batch_size is not None:
             (result,) = self.transcribe_many(
                 [audio],
@@ -385,6 +397,8 @@ class WhisperAT:
                 tags_per_segment=tags_per_segment,
                 group_seconds=span_seconds,
                 progress=progress,
+                suppress_non_speech=suppress_non_speech,
+                speech_threshold=speech_threshold,
                 event_options=event_options,
                 track_options=track_options,
                 **whisper_options,
@@ -417,7 +431,18 @@ class WhisperAT:
                 _advance(bar, span_end)
         result = merge_results(parts)
         clamp_times(result, n_samples / SAMPLE_RATE)
-        return self._with_tags(result, accumulator, n_samples, tags_per_segment, event_options)
+        return self._with_tags(
+            result, accumulator, n_samples, tags_per_segment, guard, event_options
+        )
+
+    def _guard(self, suppress: bool, threshold: float) -> NonSpeechGuard:
+        """The non-speech guard for one call, checked before anything is decoded."""
+        guard = NonSpeechGuard(threshold, suppress)
+        config = self.head.config if self.head is not None else None
+        guard.check(
+            config.labels if config else None, config.reported_classes if config else [], self.name
+        )
+        return guard
 
     def _with_tags(
         self,
@@ -425,10 +450,12 @@ class WhisperAT:
         accumulator: TagAccumulator | None,
         n_samples: int,
         tags_per_segment: int,
+        guard: NonSpeechGuard,
         event_options: EventOptions | None,
     ) -> dict[str, Any]:
-        """The transcription result plus the head's tags (per window, per segment), its
-        sound events, and where it came from."""
+        """The transcription result plus the head's tags (per window, per segment), the
+        non-speech guard's flags, its sound events, and where it came from. Both
+        transcription paths end here."""
         if accumulator is None:
             result["whisper_at"] = self.provenance()
             return result
@@ -439,6 +466,7 @@ class WhisperAT:
                 {"label": t.label, "index": t.index, "probability": round(t.probability, 4)}
                 for t in tagging.span_tags(segment["start"], segment["end"], tags_per_segment)
             ]
+        guard.apply(result, tagging)
         result["sound_events"] = [asdict(event) for event in tagging.events(event_options)]
         return result
 
@@ -452,6 +480,8 @@ class WhisperAT:
         tags_per_segment: int = 5,
         group_seconds: float = DEFAULT_SPAN_SECONDS,
         progress: bool = False,
+        suppress_non_speech: bool = False,
+        speech_threshold: float = DEFAULT_SPEECH_THRESHOLD,
         event_options: EventOptions | None = None,
         track_options: TrackOptions | None = None,
         **whisper_options: Any,
@@ -476,8 +506,9 @@ class WhisperAT:
                 "(the default on the CPU)"
             )
         _check_batch_size(batch_size)
+        guard = self._guard(suppress_non_speech, speech_threshold)
         group = _Group(
-            self, at_time_res, tags_per_segment, batch_size, event_options, whisper_options
+            self, at_time_res, tags_per_segment, guard, batch_size, event_options, whisper_options
         )
         limit = int(group_seconds * SAMPLE_RATE)
 
@@ -715,12 +746,14 @@ class _Group:
         model: WhisperAT,
         at_time_res: float,
         tags_per_segment: int,
+        guard: NonSpeechGuard,
         batch_size: int,
         event_options: EventOptions | None,
         options: dict[str, Any],
     ) -> None:
         self.model, self.at_time_res = model, at_time_res
-        self.tags_per_segment, self.batch_size, self.options = tags_per_segment, batch_size, options
+        self.tags_per_segment, self.guard = tags_per_segment, guard
+        self.batch_size, self.options = batch_size, options
         self.event_options = event_options
         self.queue = _InputOrder()
         self.pieces: list[_Piece] = []
@@ -796,6 +829,7 @@ class _Group:
                     recording.accumulator,
                     recording.n_samples,
                     self.tags_per_segment,
+                    self.guard,
                     self.event_options,
                 )
             except ValueError as error:  # too short to tag

@@ -354,12 +354,31 @@ class TaggingResult:
         self, start: float, end: float, top_k: int = 5, threshold: Threshold = "auto"
     ) -> list[Tag]:
         """Tags for a time span (an ASR segment): max over the windows it overlaps."""
-        first = int(start // self.at_time_res)
-        last = max(first, math.ceil(end / self.at_time_res) - 1)
-        rows = self.logits[first : last + 1]
+        rows = self.logits[self._span_windows(start, end)]
         if rows.shape[0] == 0:
             return []
         return self._top(rows.max(dim=0).values, top_k, self.class_thresholds(threshold), None)
+
+    def span_probability(self, classes: Sequence[int], start: float, end: float) -> float:
+        """The highest probability any of ``classes`` reaches over a time span.
+
+        Max over the classes and over every window the span overlaps (a span inside one
+        window reads that window; one that starts at the end of the audio, the last
+        window), so it follows whatever resolution the windows have.
+        """
+        if not classes:
+            raise ValueError("span_probability needs at least one class")
+        n_windows = self.logits.shape[0]
+        if n_windows == 0:
+            return 0.0
+        start = min(start, (n_windows - 1) * self.at_time_res)
+        rows = self.logits[self._span_windows(start, end)][:, list(classes)]
+        return float(torch.sigmoid(rows.max().double()))
+
+    def _span_windows(self, start: float, end: float) -> slice:
+        """The windows a span overlaps (at least the one ``start`` falls in)."""
+        first = int(start // self.at_time_res)
+        return slice(first, max(first, math.ceil(end / self.at_time_res) - 1) + 1)
 
     def _top(
         self,
