@@ -102,6 +102,9 @@ _SPECS = [
     SourceSpec("freedroidrpg", "debian", "freedroidrpg-data", "1.0-1", "files"),
     SourceSpec("boswars", "debian", "boswars-data", "2.7+svn160110-5", "files"),
     SourceSpec("0ad", "debian", "0ad-data", "0.0.26-1", "files"),
+    SourceSpec("supertuxkart", "debian", "supertuxkart-data", "1.4+dfsg-2", "files"),
+    SourceSpec("flightgear", "debian", "flightgear-data-base", "1:2020.3.16+dfsg-1", "files"),
+    SourceSpec("redeclipse", "debian", "redeclipse-data", "1.6.0-1", "files"),
     SourceSpec("moh", "debian", "asterisk-moh-opsound-wav", "2.03-1.1", "files"),
     *(
         SourceSpec(
