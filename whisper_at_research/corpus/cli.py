@@ -41,6 +41,11 @@ def build_parser(prog: str = "whisper-at corpus") -> argparse.ArgumentParser:
     )
     build.add_argument("--no-real", action="store_true", help="skip the real single-event clips")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
+    stats = sub.add_parser("stats", help="per class: recordings and packages of a manifest")
+    stats.add_argument("manifest", help="a corpus manifest.jsonl")
+    stats.add_argument(
+        "--min-packages", type=int, default=3, help="flag classes below this (default 3)"
+    )
     sub.add_parser("sources", help="list the sources and their packages")
     sub.add_parser("mapping", help="print the mapping table (source, pattern -> classes)")
     return parser
@@ -52,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sources":
         for spec in SOURCES.values():
             print(f"{spec.name:14s} {spec.label}")
+        return 0
+    if args.command == "stats":
+        from pathlib import Path
+
+        from whisper_at_research.corpus.stats import class_coverage, coverage_markdown
+
+        if not Path(args.manifest).is_file():
+            print(f"error: no manifest at {args.manifest}", file=sys.stderr)
+            return 2
+        print(coverage_markdown(class_coverage(args.manifest), args.min_packages), end="")
         return 0
     if args.command == "mapping":
         from whisper_at_research.corpus.mapping import load_mapping

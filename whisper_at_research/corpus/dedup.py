@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 COARSE_THRESHOLD = 0.85
-FINE_THRESHOLD = 0.8
+FINE_THRESHOLD = 0.95
 _N_FFT, _HOP = 512, 256
 _FINE_FRAMES = 625  # 10 s at 16 ms
 _FORMAT = 1
