@@ -105,6 +105,7 @@ _SPECS = [
     SourceSpec("supertuxkart", "debian", "supertuxkart-data", "1.4+dfsg-2", "files"),
     SourceSpec("flightgear", "debian", "flightgear-data-base", "1:2020.3.16+dfsg-1", "files"),
     SourceSpec("redeclipse", "debian", "redeclipse-data", "1.6.0-1", "files"),
+    SourceSpec("trigger-rally", "debian", "trigger-rally-data", "0.6.6.1-3", "files"),
     SourceSpec("moh", "debian", "asterisk-moh-opsound-wav", "2.03-1.1", "files"),
     *(
         SourceSpec(
