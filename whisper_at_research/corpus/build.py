@@ -16,6 +16,10 @@ writes per recording:
   room tone carries no label. With ``mix=False`` the clips hold the main event alone
   (``kind: "solo"``).
 
+Before splitting, the same recording shipped twice (in one package or in several) is kept
+once, under the source that comes first in ``SOURCES`` (``dedup.py``); the dropped copies
+are listed in ``duplicates.tsv``. Recordings longer than ``MAX_SECONDS`` keep their start.
+
 Everything is deterministic from ``seed``: the same seed and sources give a byte-identical
 ``manifest.jsonl``. Splits do not depend on the seed.
 """
@@ -91,7 +95,8 @@ def build_corpus(
     audios: dict[str, np.ndarray] = {}
     skipped: list[str] = []
     for rec in tqdm(recordings, desc="decode", unit="rec", disable=not progress):
-        audio = _trim(rec.load())[: SAMPLE_RATE * MAX_SECONDS]
+        # Decode a little more than kept, so leading silence does not eat into it.
+        audio = _trim(rec.load(MAX_SECONDS + 10))[: SAMPLE_RATE * MAX_SECONDS]
         if audio.size < SAMPLE_RATE // 50 or _rms(audio) < 1e-4:
             skipped.append(rec.id)
             continue
@@ -489,6 +494,8 @@ def summary_markdown(summary: dict) -> str:
             f"| {c.get('recording_seconds', 0):.0f} | {c.get('clips', 0):.0f} "
             f"| {c.get('seconds', 0):.0f} |"
         )
+    lines += ["", "## Duplicates dropped (dropped source -> kept source; duplicates.tsv)", ""]
+    lines += [f"- {k}: {v}" for k, v in summary.get("duplicates", {}).items()] or ["- none"]
     lines += ["", "## Licenses (recordings)", ""]
     lines += [f"- {k}: {v}" for k, v in summary["licenses"].items()]
     return "\n".join(lines) + "\n"

