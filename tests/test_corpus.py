@@ -262,3 +262,13 @@ def test_stats_counts_recordings_and_packages(builds, capsys):
     out = capsys.readouterr().out
     assert "| Typing | " in out and "Wanted classes with no recording:" in out
     assert corpus_main(["stats", str(builds["a"] / "missing.jsonl")]) == 2
+
+
+def test_pitch_check_separates_the_labelled_voices():
+    from whisper_at_research.corpus.pitch import median_f0
+
+    female, n = median_f0("asterisk-fr", ".", max_files=8)
+    assert n == 8 and 165 <= female <= 255
+    male, n = median_f0("openarena", "/rott/", max_files=8)
+    assert n == 8 and 85 <= male <= 155
+    assert corpus_main(["pitch", "openarena", "no-such-file"]) == 2

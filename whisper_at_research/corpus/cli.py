@@ -46,6 +46,10 @@ def build_parser(prog: str = "whisper-at corpus") -> argparse.ArgumentParser:
     stats.add_argument(
         "--min-packages", type=int, default=3, help="flag classes below this (default 3)"
     )
+    pitch = sub.add_parser("pitch", help="median voice F0 of a source's matching recordings")
+    pitch.add_argument("source", choices=sorted(SOURCES), metavar="SOURCE")
+    pitch.add_argument("pattern", help="regex searched in the recording paths")
+    pitch.add_argument("--max-files", type=int, default=30, help="files to measure (default 30)")
     sub.add_parser("sources", help="list the sources and their packages")
     sub.add_parser("mapping", help="print the mapping table (source, pattern -> classes)")
     return parser
@@ -68,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(coverage_markdown(class_coverage(args.manifest), args.min_packages), end="")
         return 0
+    if args.command == "pitch":
+        from whisper_at_research.corpus.pitch import median_f0
+
+        hz, files = median_f0(args.source, args.pattern, args.max_files)
+        print(f"{args.source} /{args.pattern}/: median F0 {hz:.0f} Hz over {files} files")
+        return 0 if files else 2
     if args.command == "mapping":
         from whisper_at_research.corpus.mapping import load_mapping
 
