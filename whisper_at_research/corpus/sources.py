@@ -106,6 +106,10 @@ _SPECS = [
     SourceSpec("flightgear", "debian", "flightgear-data-base", "1:2020.3.16+dfsg-1", "files"),
     SourceSpec("redeclipse", "debian", "redeclipse-data", "1.6.0-1", "files"),
     SourceSpec("trigger-rally", "debian", "trigger-rally-data", "0.6.6.1-3", "files"),
+    SourceSpec("scorched3d", "debian", "scorched3d-data", "44+dfsg-8", "files"),
+    SourceSpec("frozen-bubble", "debian", "frozen-bubble-data", "2.212-11", "files"),
+    SourceSpec("supertux", "debian", "supertux-data", "0.6.3-2", "files"),
+    SourceSpec("lincity-ng", "debian", "lincity-ng-data", "2.9~git20150314-5", "files"),
     SourceSpec("moh", "debian", "asterisk-moh-opsound-wav", "2.03-1.1", "files"),
     *(
         SourceSpec(
