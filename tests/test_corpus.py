@@ -211,11 +211,11 @@ def test_prompts_are_not_narration():
 
 # -- deduplication ------------------------------------------------------------------------
 def _prompt(lang: str, name: str) -> np.ndarray:
-    from whisper_at_research.corpus.build import _trim
+    from whisper_at_research.corpus.build import trim_silence
 
     folder = {"es": "es_MX_f_Allison", "fr": "fr_CA_f_June", "it": "it_IT_m_Carlo"}[lang]
     root = fetch_debian_package(f"asterisk-core-sounds-{lang}-wav", "1.6.1-1")
-    return _trim(load_audio(root / "usr/share/asterisk/sounds" / folder / name))
+    return trim_silence(load_audio(root / "usr/share/asterisk/sounds" / folder / name))
 
 
 def test_fingerprint_matches_a_releveled_resampled_copy_only():

@@ -49,7 +49,7 @@ from whisper_at_research.corpus.dedup import (
 )
 from whisper_at_research.corpus.sources import SOURCES, Recording, find_recordings
 
-__all__ = ["CLIP_SECONDS", "SAMPLE_RATE", "build_corpus", "split_of"]
+__all__ = ["CLIP_SECONDS", "SAMPLE_RATE", "build_corpus", "split_of", "trim_silence"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def build_corpus(
     skipped: list[str] = []
     for rec in tqdm(recordings, desc="decode", unit="rec", disable=not progress):
         # Decode a little more than kept, so leading silence does not eat into it.
-        audio = _trim(rec.load(MAX_SECONDS + 10))[: SAMPLE_RATE * MAX_SECONDS]
+        audio = trim_silence(rec.load(MAX_SECONDS + 10))[: SAMPLE_RATE * MAX_SECONDS]
         if audio.size < SAMPLE_RATE // 50 or _rms(audio) < 1e-4:
             skipped.append(rec.id)
             continue
@@ -358,7 +358,8 @@ def _speed(audio: np.ndarray, factor: float) -> np.ndarray:
     return np.interp(np.arange(n) * factor, np.arange(audio.size), audio).astype(np.float32)
 
 
-def _trim(audio: np.ndarray, threshold_db: float = -50.0) -> np.ndarray:
+def trim_silence(audio: np.ndarray, threshold_db: float = -50.0) -> np.ndarray:
+    """Cut leading and trailing samples below ``threshold_db`` of the peak."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size == 0:
         return audio

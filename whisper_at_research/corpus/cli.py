@@ -50,6 +50,8 @@ def build_parser(prog: str = "whisper-at corpus") -> argparse.ArgumentParser:
     pitch.add_argument("source", choices=sorted(SOURCES), metavar="SOURCE")
     pitch.add_argument("pattern", help="regex searched in the recording paths")
     pitch.add_argument("--max-files", type=int, default=30, help="files to measure (default 30)")
+    compare = sub.add_parser("compare", help="are two audio files the same recording?")
+    compare.add_argument("files", nargs=2, metavar="FILE", help="two audio files")
     sub.add_parser("sources", help="list the sources and their packages")
     sub.add_parser("mapping", help="print the mapping table (source, pattern -> classes)")
     return parser
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         hz, files = median_f0(args.source, args.pattern, args.max_files)
         print(f"{args.source} /{args.pattern}/: median F0 {hz:.0f} Hz over {files} files")
         return 0 if files else 2
+    if args.command == "compare":
+        return _compare(args.files)
     if args.command == "mapping":
         from whisper_at_research.corpus.mapping import load_mapping
 
@@ -105,6 +109,38 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['clips']} clips ({summary['hours']} h), {summary['classes']} classes, "
         f"{summary['recordings']} recordings, splits {summary['splits']}, "
         f"{summary['seconds']} s -> {args.out}"
+    )
+    return 0
+
+
+def _compare(files: list[str]) -> int:
+    """Print the dedup scores of two files (decoded, trimmed, first 30 s as in a build)."""
+    from pathlib import Path
+
+    from whisper_at.audio import load_audio
+    from whisper_at_research.corpus.build import MAX_SECONDS, SAMPLE_RATE, trim_silence
+    from whisper_at_research.corpus.dedup import (
+        COARSE_THRESHOLD,
+        FINE_THRESHOLD,
+        fine_similarity,
+        fingerprint,
+    )
+
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        print(f"error: no such file {missing[0]}", file=sys.stderr)
+        return 2
+    a, b = (fingerprint(trim_silence(load_audio(f))[: SAMPLE_RATE * MAX_SECONDS]) for f in files)
+    coarse, fine = float(a.coarse @ b.coarse), fine_similarity(a, b)
+    longer, shorter = max(a.seconds, b.seconds), min(a.seconds, b.seconds)
+    same = (
+        coarse >= COARSE_THRESHOLD
+        and longer - shorter <= max(0.05, 0.05 * longer)
+        and fine >= FINE_THRESHOLD
+    )
+    print(
+        f"{a.seconds:.2f} s / {b.seconds:.2f} s, coarse {coarse:.3f}, fine {fine:.3f}: "
+        + ("same recording" if same else "different")
     )
     return 0
 
