@@ -272,3 +272,17 @@ def test_pitch_check_separates_the_labelled_voices():
     male, n = median_f0("openarena", "/rott/", max_files=8)
     assert n == 8 and 85 <= male <= 155
     assert corpus_main(["pitch", "openarena", "no-such-file"]) == 2
+
+
+def test_compare_cli_on_the_shared_beep(capsys):
+    sounds = "usr/share/asterisk/sounds"
+    es = fetch_debian_package("asterisk-core-sounds-es-wav", "1.6.1-1")
+    fr = fetch_debian_package("asterisk-core-sounds-fr-wav", "1.6.1-1")
+    beep_es = es / sounds / "es_MX_f_Allison/beep.wav"
+    assert corpus_main(["compare", str(beep_es), str(fr / sounds / "fr_CA_f_June/beep.wav")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("same recording")
+    assert (
+        corpus_main(["compare", str(beep_es), str(es / sounds / "es_MX_f_Allison/vm-Old.wav")]) == 0
+    )
+    assert capsys.readouterr().out.rstrip().endswith("different")
+    assert corpus_main(["compare", str(beep_es), str(es / "missing.wav")]) == 2
