@@ -15,7 +15,7 @@ from whisper_at.labels import audioset_labels
 from whisper_at_research.corpus import fetch_debian_package
 from whisper_at_research.corpus.build import assign_splits, build_corpus
 from whisper_at_research.corpus.cli import main as corpus_main
-from whisper_at_research.corpus.mapping import load_mapping
+from whisper_at_research.corpus.mapping import load_mapping, match_labels
 from whisper_at_research.corpus.rcc import RccError, RccFile, write_rcc
 from whisper_at_research.corpus.sources import SOURCES, Recording, find_recordings
 
@@ -178,6 +178,14 @@ def test_summary_and_cli(builds, tmp_path):
 
 
 # -- build 4 sources ----------------------------------------------------------------------
+_FOLDERS = {
+    "es": "es_MX_f_Allison",
+    "fr": "fr_CA_f_June",
+    "it": "it_IT_m_Carlo",
+    "ru": "ru_RU_f_IvrvoiceRU",
+}
+
+
 def test_zip_archive_members_are_enumerated_and_labelled():
     """OpenArena's sounds sit inside .pk3 (zip) archives; mapped members are extracted."""
     recs = {rec.path.split(".pk3/", 1)[1]: rec for rec in find_recordings(["openarena"])}
@@ -201,6 +209,13 @@ def test_source_limit_keeps_a_stable_subset_of_speech():
     assert recs == find_recordings(["asterisk-fr"])
     assert all(r.speech and r.labels == ("Speech", "Female speech, woman speaking") for r in recs)
     assert not any("/beep" in r.path or "/digits/" in r.path for r in recs)
+    # Tones and the monkeys recording are the same in every language: not speech.
+    for spec in ("asterisk-es", "asterisk-fr", "asterisk-it", "asterisk-ru"):
+        for name in ("ascending-2tone", "confbridge-join", "confbridge-leave", "tt-monkeys"):
+            path = f"usr/share/asterisk/sounds/x/{name}.wav"
+            assert match_labels(spec, path.replace("/x/", f"/{_FOLDERS[spec[-2:]]}/")) is None
+        speech = f"usr/share/asterisk/sounds/{_FOLDERS[spec[-2:]]}/confbridge-leave-in.wav"
+        assert match_labels(spec, speech) is not None
 
 
 def test_prompts_are_not_narration():
@@ -213,7 +228,7 @@ def test_prompts_are_not_narration():
 def _prompt(lang: str, name: str) -> np.ndarray:
     from whisper_at_research.corpus.build import trim_silence
 
-    folder = {"es": "es_MX_f_Allison", "fr": "fr_CA_f_June", "it": "it_IT_m_Carlo"}[lang]
+    folder = _FOLDERS[lang]
     root = fetch_debian_package(f"asterisk-core-sounds-{lang}-wav", "1.6.1-1")
     return trim_silence(load_audio(root / "usr/share/asterisk/sounds" / folder / name))
 
