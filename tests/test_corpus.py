@@ -15,7 +15,7 @@ from whisper_at.labels import audioset_labels
 from whisper_at_research.corpus import fetch_debian_package
 from whisper_at_research.corpus.build import assign_splits, build_corpus
 from whisper_at_research.corpus.cli import main as corpus_main
-from whisper_at_research.corpus.mapping import load_mapping
+from whisper_at_research.corpus.mapping import load_mapping, match_labels
 from whisper_at_research.corpus.rcc import RccError, RccFile, write_rcc
 from whisper_at_research.corpus.sources import SOURCES, Recording, find_recordings
 
@@ -175,3 +175,129 @@ def test_summary_and_cli(builds, tmp_path):
     assert code == 0
     rows = _manifest(tmp_path)
     assert len(rows) == 4 and not any(row["mixed"] for row in rows)
+
+
+# -- build 4 sources ----------------------------------------------------------------------
+_FOLDERS = {
+    "es": "es_MX_f_Allison",
+    "fr": "fr_CA_f_June",
+    "it": "it_IT_m_Carlo",
+    "ru": "ru_RU_f_IvrvoiceRU",
+}
+
+
+def test_zip_archive_members_are_enumerated_and_labelled():
+    """OpenArena's sounds sit inside .pk3 (zip) archives; mapped members are extracted."""
+    recs = {rec.path.split(".pk3/", 1)[1]: rec for rec in find_recordings(["openarena"])}
+    assert recs["sound/weapons/machinegun/machgf1b.wav"].labels == (
+        "Machine gun",
+        "Gunshot, gunfire",
+        "Explosion",
+    )
+    assert recs["sound/player/footsteps/boot1.wav"].labels == ("Walk, footsteps",)
+    assert recs["sound/voices/rott/yes.ogg"].labels == ("Speech", "Male speech, man speaking")
+    assert "Speech synthesizer" in recs["sound/voices/festivoxmale/yes.ogg"].labels
+    assert "sound/misc/menu1.wav" not in recs  # UI blips are not mapped
+    rec = recs["sound/weapons/machinegun/machgf1b.wav"]
+    assert rec.file.is_file() and rec.package == "debian:openarena-data=0.8.5split-14"
+    assert rec.load().size > 0.3 * 16000
+
+
+def test_source_limit_keeps_a_stable_subset_of_speech():
+    recs = find_recordings(["asterisk-fr"])
+    assert len(recs) == SOURCES["asterisk-fr"].limit == 100
+    assert recs == find_recordings(["asterisk-fr"])
+    assert all(r.speech and r.labels == ("Speech", "Female speech, woman speaking") for r in recs)
+    assert not any("/beep" in r.path or "/digits/" in r.path for r in recs)
+    # Tones and the monkeys recording are the same in every language: not speech.
+    for spec in ("asterisk-es", "asterisk-fr", "asterisk-it", "asterisk-ru"):
+        for name in ("ascending-2tone", "confbridge-join", "confbridge-leave", "tt-monkeys"):
+            path = f"usr/share/asterisk/sounds/x/{name}.wav"
+            assert match_labels(spec, path.replace("/x/", f"/{_FOLDERS[spec[-2:]]}/")) is None
+        speech = f"usr/share/asterisk/sounds/{_FOLDERS[spec[-2:]]}/confbridge-leave-in.wav"
+        assert match_labels(spec, speech) is not None
+
+
+def test_prompts_are_not_narration():
+    for source in ("asterisk", "flite", "asterisk-es"):
+        rows = [row for row in load_mapping() if row.source == source]
+        assert rows and all("Narration, monologue" not in row.labels for row in rows)
+
+
+# -- deduplication ------------------------------------------------------------------------
+def _prompt(lang: str, name: str) -> np.ndarray:
+    from whisper_at_research.corpus.build import trim_silence
+
+    folder = _FOLDERS[lang]
+    root = fetch_debian_package(f"asterisk-core-sounds-{lang}-wav", "1.6.1-1")
+    return trim_silence(load_audio(root / "usr/share/asterisk/sounds" / folder / name))
+
+
+def test_fingerprint_matches_a_releveled_resampled_copy_only():
+    from whisper_at_research.corpus.dedup import FINE_THRESHOLD, fine_similarity, fingerprint
+
+    audio = _prompt("fr", "vm-goodbye.wav")
+    # The same recording, 10 dB quieter and resampled 16 -> 22.05 -> 16 kHz.
+    up = np.interp(np.arange(0, audio.size, 16000 / 22050), np.arange(audio.size), audio)
+    copy = np.interp(np.arange(0, up.size, 22050 / 16000), np.arange(up.size), up) * 0.316
+    same = fine_similarity(fingerprint(audio), fingerprint(copy.astype(np.float32)))
+    other = fine_similarity(fingerprint(audio), fingerprint(_prompt("fr", "vm-Old.wav")))
+    assert same >= FINE_THRESHOLD > other
+
+
+def test_duplicates_across_packages_keep_the_first_source():
+    """The Spanish and French Asterisk packages ship the same beep.wav; Italian has its own."""
+    from whisper_at_research.corpus.dedup import find_duplicates, fingerprint
+
+    fps = {
+        "asterisk-es:beep": fingerprint(_prompt("es", "beep.wav")),
+        "asterisk-fr:beep": fingerprint(_prompt("fr", "beep.wav")),
+        "asterisk-it:beep": fingerprint(_prompt("it", "beep.wav")),
+        "asterisk-fr:goodbye": fingerprint(_prompt("fr", "vm-goodbye.wav")),
+    }
+    rank = {"asterisk-es": 1, "asterisk-fr": 2, "asterisk-it": 3}
+    dups = find_duplicates(fps, {k: rank[k.split(":")[0]] for k in fps})
+    assert [(d.dropped, d.kept) for d in dups] == [("asterisk-fr:beep", "asterisk-es:beep")]
+    rank = {"asterisk-es": 2, "asterisk-fr": 1, "asterisk-it": 3}
+    dups = find_duplicates(fps, {k: rank[k.split(":")[0]] for k in fps})
+    assert [(d.dropped, d.kept) for d in dups] == [("asterisk-es:beep", "asterisk-fr:beep")]
+
+
+def test_stats_counts_recordings_and_packages(builds, capsys):
+    from whisper_at_research.corpus.stats import class_coverage
+
+    manifest = builds["a"] / "manifest.jsonl"
+    coverage = class_coverage(manifest)
+    rows = _manifest(builds["a"])
+    typing = {r["recording_id"] for r in rows if r["recording_id"].startswith("bucklespring:")}
+    assert coverage["Typing"].recordings == len(typing) > 0
+    assert coverage["Typing"].packages == ("bucklespring",)
+    assert "librivox" in coverage["Speech"].packages
+    assert corpus_main(["stats", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "| Typing | " in out and "Wanted classes with no recording:" in out
+    assert corpus_main(["stats", str(builds["a"] / "missing.jsonl")]) == 2
+
+
+def test_pitch_check_separates_the_labelled_voices():
+    from whisper_at_research.corpus.pitch import median_f0
+
+    female, n = median_f0("asterisk-fr", ".", max_files=8)
+    assert n == 8 and 165 <= female <= 255
+    male, n = median_f0("openarena", "/rott/", max_files=8)
+    assert n == 8 and 85 <= male <= 155
+    assert corpus_main(["pitch", "openarena", "no-such-file"]) == 2
+
+
+def test_compare_cli_on_the_shared_beep(capsys):
+    sounds = "usr/share/asterisk/sounds"
+    es = fetch_debian_package("asterisk-core-sounds-es-wav", "1.6.1-1")
+    fr = fetch_debian_package("asterisk-core-sounds-fr-wav", "1.6.1-1")
+    beep_es = es / sounds / "es_MX_f_Allison/beep.wav"
+    assert corpus_main(["compare", str(beep_es), str(fr / sounds / "fr_CA_f_June/beep.wav")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("same recording")
+    assert (
+        corpus_main(["compare", str(beep_es), str(es / sounds / "es_MX_f_Allison/vm-Old.wav")]) == 0
+    )
+    assert capsys.readouterr().out.rstrip().endswith("different")
+    assert corpus_main(["compare", str(beep_es), str(es / "missing.wav")]) == 2

@@ -60,7 +60,13 @@ def test_shipped_head_names_held_out_sounds(recordings, model_name, label, accep
         [(t.label, round(t.probability, 2)) for t in top],
     )
     assert top[0].probability > 0.5
-    assert top[0].label in recording.labels  # a true label of the recording
+    # A true label of the recording, as the corpus the heads were trained on (build 3)
+    # gave it: build 3 also labelled the Asterisk and flite prompts Narration, build 4
+    # does not (docs/corpus.md).
+    build3_labels = set(recording.labels)
+    if recording.source in ("asterisk", "flite"):
+        build3_labels.add("Narration, monologue")
+    assert top[0].label in build3_labels
 
 
 @pytest.mark.parametrize("model_name", ["tiny.en", "base"])

@@ -16,6 +16,10 @@ writes per recording:
   room tone carries no label. With ``mix=False`` the clips hold the main event alone
   (``kind: "solo"``).
 
+Before splitting, the same recording shipped twice (in one package or in several) is kept
+once, under the source that comes first in ``SOURCES`` (``dedup.py``); the dropped copies
+are listed in ``duplicates.tsv``. Recordings longer than ``MAX_SECONDS`` keep their start.
+
 Everything is deterministic from ``seed``: the same seed and sources give a byte-identical
 ``manifest.jsonl``. Splits do not depend on the seed.
 """
@@ -36,9 +40,16 @@ import numpy as np
 from tqdm import tqdm
 
 from whisper_at.labels import audioset_labels
+from whisper_at_research.corpus.dedup import (
+    Duplicate,
+    cache_key,
+    cached_fingerprints,
+    find_duplicates,
+    fingerprint,
+)
 from whisper_at_research.corpus.sources import SOURCES, Recording, find_recordings
 
-__all__ = ["CLIP_SECONDS", "SAMPLE_RATE", "build_corpus", "split_of"]
+__all__ = ["CLIP_SECONDS", "SAMPLE_RATE", "build_corpus", "split_of", "trim_silence"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +57,8 @@ SAMPLE_RATE = 16000
 CLIP_SECONDS = 10.0
 CLIP = int(SAMPLE_RATE * CLIP_SECONDS)
 SPLITS = (("test", 0.1), ("valid", 0.1))  # the rest is train
+MAX_SECONDS = 30  # longer recordings keep their first 30 s (clips are 10 s)
+SYNTHETIC_KINDS = ("gm", "flite")  # rendered or synthesized: not deduplicated
 
 
 @dataclass
@@ -78,19 +91,24 @@ def build_corpus(
     recordings = find_recordings(sources)
     if max_recordings is not None:
         recordings = _subset(recordings, max_recordings)
-    splits = assign_splits(recordings)
 
-    loaded: list[_Loaded] = []
+    audios: dict[str, np.ndarray] = {}
     skipped: list[str] = []
     for rec in tqdm(recordings, desc="decode", unit="rec", disable=not progress):
-        audio = _trim(rec.load())
-        rms = _rms(audio)
-        if audio.size < SAMPLE_RATE // 50 or rms < 1e-4:
+        # Decode a little more than kept, so leading silence does not eat into it.
+        audio = trim_silence(rec.load(MAX_SECONDS + 10))[: SAMPLE_RATE * MAX_SECONDS]
+        if audio.size < SAMPLE_RATE // 50 or _rms(audio) < 1e-4:
             skipped.append(rec.id)
             continue
-        loaded.append(_Loaded(rec, audio, rms, splits[rec.id]))
+        audios[rec.id] = audio
     if skipped:
         logger.warning("%d silent or empty recordings skipped: %s", len(skipped), skipped[:5])
+    duplicates = deduplicate([r for r in recordings if r.id in audios], audios)
+    dropped = {d.dropped for d in duplicates}
+    recordings = [r for r in recordings if r.id in audios and r.id not in dropped]
+    splits = assign_splits(recordings)
+    loaded = [_Loaded(r, audios[r.id], _rms(audios[r.id]), splits[r.id]) for r in recordings]
+    del audios
 
     pools: dict[tuple[str, bool], list[_Loaded]] = defaultdict(list)
     for item in loaded:
@@ -116,10 +134,44 @@ def build_corpus(
     with open(out / "manifest.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-    summary = summarize(rows, loaded, skipped, seconds=time.monotonic() - started, seed=seed)
+    with open(out / "duplicates.tsv", "w", encoding="utf-8") as f:
+        f.write("dropped\tkept\tcoarse\tfine\n")
+        f.writelines(f"{d.dropped}\t{d.kept}\t{d.coarse}\t{d.fine}\n" for d in duplicates)
+    summary = summarize(
+        rows,
+        loaded,
+        skipped,
+        duplicates=_duplicate_counts(duplicates),
+        seconds=time.monotonic() - started,
+        seed=seed,
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
+
+
+# -- duplicates ---------------------------------------------------------------------------
+def deduplicate(recordings: list[Recording], audios: dict[str, np.ndarray]) -> list[Duplicate]:
+    """Duplicates among the recorded (not rendered or synthesized) sources; see ``dedup``.
+
+    The copy that stays is the one whose source comes first in ``SOURCES``.
+    """
+    real = [r for r in recordings if SOURCES[r.source].kind not in SYNTHETIC_KINDS]
+    order = {name: k for k, name in enumerate(SOURCES)}
+    fingerprints = cached_fingerprints(
+        {r.id: cache_key(r.id, r.file) for r in real}, lambda rec_id: fingerprint(audios[rec_id])
+    )
+    duplicates = find_duplicates(fingerprints, {r.id: order[r.source] for r in real})
+    logger.info("%d duplicate recordings dropped", len(duplicates))
+    return duplicates
+
+
+def _duplicate_counts(duplicates: list[Duplicate]) -> dict[str, int]:
+    """Dropped copies per (dropped source -> kept source)."""
+    pairs = Counter(
+        f"{d.dropped.split(':', 1)[0]} -> {d.kept.split(':', 1)[0]}" for d in duplicates
+    )
+    return dict(sorted(pairs.items()))
 
 
 # -- splits -------------------------------------------------------------------------------
@@ -306,7 +358,8 @@ def _speed(audio: np.ndarray, factor: float) -> np.ndarray:
     return np.interp(np.arange(n) * factor, np.arange(audio.size), audio).astype(np.float32)
 
 
-def _trim(audio: np.ndarray, threshold_db: float = -50.0) -> np.ndarray:
+def trim_silence(audio: np.ndarray, threshold_db: float = -50.0) -> np.ndarray:
+    """Cut leading and trailing samples below ``threshold_db`` of the peak."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size == 0:
         return audio
@@ -442,6 +495,8 @@ def summary_markdown(summary: dict) -> str:
             f"| {c.get('recording_seconds', 0):.0f} | {c.get('clips', 0):.0f} "
             f"| {c.get('seconds', 0):.0f} |"
         )
+    lines += ["", "## Duplicates dropped (dropped source -> kept source; duplicates.tsv)", ""]
+    lines += [f"- {k}: {v}" for k, v in summary.get("duplicates", {}).items()] or ["- none"]
     lines += ["", "## Licenses (recordings)", ""]
     lines += [f"- {k}: {v}" for k, v in summary["licenses"].items()]
     return "\n".join(lines) + "\n"

