@@ -366,7 +366,7 @@ class WhisperAT:
                 hands a span's segments over when the span is done).
             event_options: how ``sound_events`` are detected (default ``EventOptions()``).
             track_options: how the per-bin event track is computed (default
-                ``TrackOptions()``: the head's frame logits over 10 s blocks).
+                ``TrackOptions()``: the head on a 2 s window around every 0.4 s bin).
             whisper_options: passed unchanged to the engine (openai-whisper's names:
                 language, task, temperature, beam_size, word_timestamps, ...).
 
