@@ -315,3 +315,14 @@ def test_reference_events_come_from_the_placements_and_join_repeats(tmp_path):
     assert TrackChoice.parse("frames:10").name == "frames:10"
     with pytest.raises(ValueError, match="bad track 'sliding:1'"):
         TrackChoice.parse("sliding:1")
+
+
+def test_bad_event_options_are_usage_errors(tmp_path, capsys):
+    argv = ["tag", str(SPEECH), "--events", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--event-median-bins", "2", "--model", "no-such-model"])
+    assert stop.value.code == 2  # before any model loads
+    assert "median_bins must be an odd whole number" in capsys.readouterr().err
+    assert main([*argv, "--event-class", "Barking"]) == 2
+    assert "argument --event-class: unknown label(s) ['Barking']" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "librivox_sense_and_sensibility.events.tsv").exists()
