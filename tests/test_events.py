@@ -239,7 +239,9 @@ def test_tag_events_cli_finds_the_speech_where_it_is(padded_speech, tmp_path, ca
     speech = [r for r in rows[1:] if r[3] == "Speech"]
     assert len(speech) == 1 and speech[0][0] == "padded_speech.wav"
     onset, offset = float(speech[0][1]), float(speech[0][2])
-    assert 3.2 <= onset <= 4.8 and 10.4 <= offset <= 12.0  # speech is at 4.0-11.1 s
+    # speech is at 4.0-11.1 s; each bin's 2 s window reaches 1 s beyond it, and hysteresis
+    # extends a run while it stays over half the threshold: at most 2 s early or late
+    assert 2.0 <= onset <= 4.4 and 10.8 <= offset <= 13.2
     saved = json.loads((out / "padded_speech.json").read_text())
     assert "event_track" not in saved
     assert ["Speech", onset, offset] in [
@@ -277,7 +279,50 @@ def test_transcribe_results_carry_sound_events(model, padded_speech):
     events = result["sound_events"]
     assert events == [asdict(e) for e in TaggingResult.from_result(result).events()]
     speech = [e for e in events if e["label"] == "Speech"]
-    assert len(speech) == 1 and 3.2 <= speech[0]["start"] <= 4.8
+    assert len(speech) == 1 and 2.0 <= speech[0]["start"] <= 4.4
     assert set(speech[0]) == {"label", "index", "start", "end", "probability"}
     (batched,) = model.transcribe_many([str(padded_speech)], batch_size=2)
     assert [e["label"] for e in batched["sound_events"]] == [e["label"] for e in events]
+
+
+# -- the evaluation's reference and options --------------------------------------------------
+def test_reference_events_come_from_the_placements_and_join_repeats(tmp_path):
+    from whisper_at_research.training.sed import TrackChoice, reference_events
+
+    row = {
+        "path": "clips/test/a.flac",
+        "start": 0.0,
+        "end": 10.0,
+        "labels": [BARK, DOG, SPEECH_AT],
+        "split": "test",
+        "recording_id": "x:bark",
+        "events": [
+            {"start": 1.0, "end": 2.0, "labels": [BARK, DOG]},
+            {"start": 1.5, "end": 3.0, "labels": [BARK, DOG]},  # overlaps the first
+            {"start": 6.0, "end": 7.0, "labels": [BARK, DOG]},
+            {"start": 0.0, "end": 10.0, "labels": [SPEECH_AT]},
+        ],
+    }
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps(row) + "\n")
+    clip_id = "clips/test/a.flac@0-10"
+    reference = reference_events(manifest, [clip_id], LABELS, {BARK, SPEECH_AT})
+    assert reference == {
+        clip_id: [(0.0, 10.0, "Speech"), (1.0, 3.0, "Bark"), (6.0, 7.0, "Bark")]
+    }  # Dog is not among the scored classes
+    assert TrackChoice.parse("window").options is None
+    assert TrackChoice.parse("sliding:2").options == TrackOptions("sliding", 2.0)
+    assert TrackChoice.parse("frames:10").name == "frames:10"
+    with pytest.raises(ValueError, match="bad track 'sliding:1'"):
+        TrackChoice.parse("sliding:1")
+
+
+def test_bad_event_options_are_usage_errors(tmp_path, capsys):
+    argv = ["tag", str(SPEECH), "--events", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--event-median-bins", "2", "--model", "no-such-model"])
+    assert stop.value.code == 2  # before any model loads
+    assert "median_bins must be an odd whole number" in capsys.readouterr().err
+    assert main([*argv, "--event-class", "Barking"]) == 2
+    assert "argument --event-class: unknown label(s) ['Barking']" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "librivox_sense_and_sensibility.events.tsv").exists()

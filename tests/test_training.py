@@ -24,7 +24,7 @@ from whisper_at.audio import load_audio, window_log_mel
 from whisper_at.heads import HEAD_TYPES, HeadConfig, HeadError, TaggingHead, load_head
 from whisper_at.labels import audioset_labels
 from whisper_at.pipeline import WhisperAT
-from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK, TagAccumulator
+from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK, TagAccumulator, TrackOptions
 from whisper_at.weights import load_whisper
 from whisper_at_research.training import (
     FeatureStoreError,
@@ -376,14 +376,16 @@ def test_features_equal_the_bins_that_tag_pools(store, loaded, dataset):
     model = WhisperAT(loaded, head)
     audio = [load_audio(folder / rows[i]["path"]) for i in (0, 1, 2, 30)]
     assert all(a.shape == (CLIP,) for a in audio)
-    result = model.tag(np.concatenate(audio[:3]), batch_size=1)
+    # the frames event track calls frame_logits, not forward: only the tags' windows are seen
+    frames = TrackOptions("frames", 10.0)
+    result = model.tag(np.concatenate(audio[:3]), batch_size=1, track_options=frames)
     assert result.logits.shape[0] == 3
     pooled = torch.cat(head.seen)
     assert pooled.shape == (3, 4, 25, 384)
     expected = data.features[:3].float()
     torch.testing.assert_close(pooled, expected, atol=1e-2, rtol=2e-3)
     head.seen = []
-    model.tag(audio[3])
+    model.tag(audio[3], track_options=frames)
     torch.testing.assert_close(head.seen[0][0], data.features[30].float(), atol=1e-2, rtol=2e-3)
 
 

@@ -181,17 +181,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "onset, offset, event_label); the JSON always carries sound_events. The high "
         "threshold is --threshold",
     )
+    d = EventOptions()
     events.add_argument(
-        "--event-low-ratio", type=float, default=0.5, help="low threshold / high threshold"
+        "--event-low-ratio", type=float, default=d.low_ratio, help="low / high threshold"
     )
     events.add_argument(
-        "--event-median-bins", type=int, default=3, help="median filter, odd, in 0.4 s bins"
+        "--event-median-bins",
+        type=int,
+        default=d.median_bins,
+        help="median filter, odd, in 0.4 s bins (1: none)",
     )
     events.add_argument(
-        "--event-min-duration", type=float, default=0.4, help="drop shorter events (seconds)"
+        "--event-min-duration", type=float, default=d.min_duration, help="drop shorter (s)"
     )
     events.add_argument(
-        "--event-max-gap", type=float, default=0.4, help="merge events this close (seconds)"
+        "--event-max-gap", type=float, default=d.max_gap, help="merge events this close (s)"
     )
     events.add_argument(
         "--event-rollup",
@@ -206,18 +210,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="LABEL",
         help="report only this label (repeatable; after the roll-up)",
     )
+    t = TrackOptions()
     events.add_argument(
         "--event-track",
         choices=TRACK_METHODS,
-        default="frames",
-        help="frames: the head's per-frame logits over 10 s blocks (default); sliding: the "
-        "head on a window around every 0.4 s bin (slower)",
+        default=t.method,
+        help="sliding (default): the head on a window around every 0.4 s bin; frames: the "
+        "head's per-frame logits over blocks (cheaper, localizes worse)",
     )
     events.add_argument(
         "--event-context",
         type=_at_time_res,
-        default=10.0,
-        help="seconds of context for the event track, a multiple of 0.4 (default 10)",
+        default=t.context_seconds,
+        help=f"seconds of context for the event track, a multiple of 0.4 "
+        f"(default {t.context_seconds:g})",
     )
     parser.add_argument("--output-dir", default=".", help="where output files go")
     parser.add_argument(

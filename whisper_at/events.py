@@ -60,7 +60,7 @@ class EventOptions:
 
     threshold: Threshold = "auto"
     low_ratio: float = 0.5
-    median_bins: int = 3
+    median_bins: int = 1
     min_duration: float = 0.4
     max_gap: float = 0.4
     rollup_depth: int | None = None

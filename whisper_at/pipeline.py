@@ -376,7 +376,7 @@ class WhisperAT:
             speech_threshold: the speech probability under which a segment is non-speech.
             event_options: how ``sound_events`` are detected (default ``EventOptions()``).
             track_options: how the per-bin event track is computed (default
-                ``TrackOptions()``: the head's frame logits over 10 s blocks).
+                ``TrackOptions()``: the head on a 2 s window around every 0.4 s bin).
             whisper_options: passed unchanged to the engine (openai-whisper's names:
                 language, task, temperature, beam_size, word_timestamps, ...).
 

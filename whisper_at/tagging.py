@@ -12,9 +12,9 @@ handed to the head as soon as all its bins are complete, so long audio needs
 only the bins of the window in progress.
 
 Independently of ``at_time_res``, an *event track* gives every bin its own logits,
-the input of sound-event detection (:mod:`whisper_at.events`): by default the head's
-per-frame logits over consecutive 10 s blocks (``TrackOptions``; docs/events.md
-compares it with running the head on a window around every bin).
+the input of sound-event detection (:mod:`whisper_at.events`): by default the head run
+on a 2 s window centred on every bin (``TrackOptions``; docs/events.md compares it with
+the head's per-frame logits and with other window lengths).
 """
 
 from __future__ import annotations
@@ -84,17 +84,18 @@ TRACK_BATCH = 64  # sliding windows per head call, so memory stays bounded
 class TrackOptions:
     """How the per-bin event track is computed.
 
-    method: "frames" (default): the head's per-frame logits
-        (:meth:`~whisper_at.heads.TaggingHead.frame_logits`) over consecutive blocks of
-        ``context_seconds`` on the file's grid; one head pass per block, so it costs
-        about what the tags cost. "sliding": the head's logits for a window of
-        ``context_seconds`` centred on every bin (cut at the file's ends), one window
-        per bin: ``context_seconds / 0.4`` times the head work.
-    context_seconds: a multiple of 0.4 s; the heads were trained on 10 s windows.
+    method: "sliding" (default): the head's logits for a window of ``context_seconds``
+        centred on every bin (cut at the file's ends), one window per bin, so
+        ``context_seconds / 0.4`` times the head work of the tags. "frames": the head's
+        per-frame logits (:meth:`~whisper_at.heads.TaggingHead.frame_logits`) over
+        consecutive blocks of ``context_seconds`` on the file's grid, about the tags'
+        cost; measured to localize worse (docs/events.md).
+    context_seconds: a multiple of 0.4 s. The heads were trained on 10 s windows; a
+        short window localizes, a long one recognizes (2 s: docs/events.md).
     """
 
-    method: TrackMethod = "frames"
-    context_seconds: float = 10.0
+    method: TrackMethod = "sliding"
+    context_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if self.method not in TRACK_METHODS:

@@ -9,6 +9,7 @@ bad usage (argparse's own).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import traceback
@@ -352,6 +353,15 @@ def calibrate_main(argv: list[str] | None = None) -> int:
 
 
 # -- whisper-at evaluate-events --------------------------------------------------------------
+def _list(parse):
+    """An argparse type for a comma list of ``parse``-d values."""
+
+    def parse_list(text: str) -> list:
+        return [parse(item.strip()) for item in text.split(",")]
+
+    return parse_list
+
+
 def _track_choice(text: str):
     from .sed import TrackChoice
 
@@ -376,13 +386,16 @@ def evaluate_events_parser() -> argparse.ArgumentParser:
         action="append",
         type=_track_choice,
         help="window (the clip's 10 s window probabilities on every bin), or METHOD:SECONDS "
-        "(frames:10, sliding:2, ...); repeatable (default: window and frames:10)",
+        "(frames:10, sliding:2, ...); repeatable (default: window and the runtime's default)",
     )
-    p.add_argument("--threshold", type=threshold_argument, default="auto")
-    p.add_argument("--low-ratio", type=float, default=EVENT_DEFAULTS.low_ratio)
-    p.add_argument("--median-bins", type=int, default=EVENT_DEFAULTS.median_bins)
-    p.add_argument("--min-duration", type=float, default=EVENT_DEFAULTS.min_duration)
-    p.add_argument("--max-gap", type=float, default=EVENT_DEFAULTS.max_gap)
+    d = EVENT_DEFAULTS
+    grid = "; a comma list evaluates every combination"
+    threshold = _list(threshold_argument)
+    p.add_argument("--threshold", type=threshold, default=[d.threshold], help="auto or p" + grid)
+    p.add_argument("--low-ratio", type=_list(float), default=[d.low_ratio], help=grid[2:])
+    p.add_argument("--median-bins", type=_list(int), default=[d.median_bins], help=grid[2:])
+    p.add_argument("--min-duration", type=_list(float), default=[d.min_duration], help=grid[2:])
+    p.add_argument("--max-gap", type=_list(float), default=[d.max_gap], help=grid[2:])
     p.add_argument("--out", default="events.json", help="report (.json; .md next to it)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -392,19 +405,14 @@ def evaluate_events_parser() -> argparse.ArgumentParser:
 def evaluate_events_main(argv: list[str] | None = None) -> int:
     parser = evaluate_events_parser()
     args = parser.parse_args(argv)
+    grid = (args.threshold, args.low_ratio, args.median_bins, args.min_duration, args.max_gap)
     try:
-        options = EventOptions(
-            threshold=args.threshold,
-            low_ratio=args.low_ratio,
-            median_bins=args.median_bins,
-            min_duration=args.min_duration,
-            max_gap=args.max_gap,
-        )
+        options = [EventOptions(*values) for values in itertools.product(*grid)]
     except ValueError as e:
         parser.error(str(e))
 
     def run(args: argparse.Namespace) -> None:
-        from .sed import evaluate_events
+        from .sed import evaluate_events, options_label
 
         report = evaluate_events(
             args.features,
@@ -422,6 +430,7 @@ def evaluate_events_main(argv: list[str] | None = None) -> int:
         for r in report["rows"]:
             print(
                 f"  {r['track']:12s} PSDS1 {r['psds1']:.3f} PSDS2 {r['psds2']:.3f} "
+                f"[{options_label(r['event_options'])}] "
                 f"collar F1 {r['collar_f1_macro']:.3f} (micro {r['collar_f1_micro']:.3f}) "
                 f"segment F1 {r['segment_f1_macro']:.3f} (micro {r['segment_f1_micro']:.3f}) "
                 f"track {r['seconds_per_hour']:.1f} s/h"
