@@ -191,3 +191,14 @@ def test_speech_over_views_carry_the_speech_label_and_only_train_clips_get_views
     assert kept and all(view_base_id(v) in base_ids for v in kept)
     assert all("p2" not in s for s in joined.sources[len(train) :])
     assert configs[0]["augment"] == config.to_dict()
+
+
+def test_cli_rejects_an_unknown_family_before_loading_a_model(tmp_path, capsys):
+    from whisper_at_research.training.cli import features_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        features_main(
+            [str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "v"), "--augment", "echo"]
+        )
+    assert exit_info.value.code == 2
+    assert "unknown augmentation ['echo']" in capsys.readouterr().err
