@@ -10,8 +10,8 @@ head is reused, so the command can be stopped and run again. The table (markdown
 is rewritten after each variant.
 
     python scripts/augment_ablation.py MANIFEST --base FEATURES --work DIR \\
-        [--variants none,all,reverb,eq,codec,gain,bed,speech] [--epochs 30] [--copies 1] \\
-        [--out docs/measurements/augment_ablation]
+        [--variants none,all,reverb,eq,codec,gain,bed,speech] [--epochs 30] [--lr LR] \\
+        [--copies 1] [--threads N] [--out docs/measurements/augment_ablation]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def run_variant(args: argparse.Namespace, variant: str, train_manifest: Path) ->
         config = AugmentConfig.parse(
             variant, copies=args.copies, seed=args.seed, probability=args.probability
         )
-        views_dir = args.work / f"views-{variant}"
+        views_dir = args.work / f"views-{variant}-c{args.copies}-p{args.probability:g}-s{args.seed}"
         extract_features(
             read_meta(args.base)["whisper_name"],
             train_manifest,
@@ -93,13 +93,15 @@ def run_variant(args: argparse.Namespace, variant: str, train_manifest: Path) ->
             progress=not args.no_progress,
         )
         views = (str(views_dir),)
-    head_path = args.work / f"head-{variant}.safetensors"
+    lr = "recipe" if args.lr is None else f"{args.lr:g}"
+    head_path = args.work / f"head-{variant}-e{args.epochs}-lr{lr}-s{args.seed}.safetensors"
     if not head_path.is_file():
         train_head(
             args.base,
             "tl_tr",
             out=head_path,
             epochs=args.epochs,
+            lr=args.lr,
             seed=args.seed,
             split_scheme="source",
             augmented=views,
@@ -114,6 +116,7 @@ def run_variant(args: argparse.Namespace, variant: str, train_manifest: Path) ->
         "variant": variant,
         "augment": config.to_dict() if config else None,
         "epochs": args.epochs,
+        "lr": record["options"]["lr"],
         "n_train": record["n_train"],
         "n_train_views": record.get("n_train_views", 0),
         "held_out_mAP": held["mAP"],
@@ -126,13 +129,26 @@ def run_variant(args: argparse.Namespace, variant: str, train_manifest: Path) ->
     }
 
 
-def write_table(rows: list[dict], out: Path, args: argparse.Namespace) -> None:
+def write_table(row: dict, out: Path, args: argparse.Namespace) -> None:
+    """Add ``row`` to the table at ``out`` (.json, .md), replacing an earlier row of its variant.
+
+    Rows of runs with other conditions (epochs, lr, seed, copies, probability) are dropped, so
+    separate runs of some variants each (e.g. in parallel) build one table.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    path = out.with_suffix(".json")
+    conditions = {k: getattr(args, k) for k in ("epochs", "lr", "seed", "copies", "probability")}
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    rows = old.get("rows", []) if old.get("conditions") == conditions else []
+    rows = [r for r in rows if r["variant"] != row["variant"]] + [row]
+    rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
+    table = {"manifest": str(args.manifest), "conditions": conditions, "rows": rows}
+    path.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     lines = [
-        f"Held-out-source split of {args.manifest}; tiny.en-style TL-TR heads "
-        f"({args.epochs} epochs, seed {args.seed}, {args.copies} view(s) per clip, family "
-        f"probability {args.probability}); `python scripts/augment_ablation.py` (docs/training.md).",
+        f"Held-out-source split of `{args.manifest}`; TL-TR heads on {args.base.name} "
+        f"({args.epochs} epochs, lr {rows[0]['lr']:g}, seed {args.seed}, {args.copies} "
+        f"view(s) per clip, family probability {args.probability}); "
+        "`scripts/augment_ablation.py` (docs/training.md).",
         "",
         "| augmentation | train clips + views | held-out mAP | mAUC | d' | valid mAP |",
         "|---|---|---|---|---|---|",
@@ -153,6 +169,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="views stores and heads")
     parser.add_argument("--variants", default="none,all")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--lr", type=float, help="default: the recipe's (1e-4 for tiny.en)")
+    parser.add_argument("--threads", type=int, help="torch threads (1 on a shared machine)")
     parser.add_argument("--copies", type=int, default=1)
     parser.add_argument("--probability", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -164,12 +182,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train_manifest = training_side_manifest(args.manifest, args.work / "train-side.jsonl")
-    rows: list[dict] = []
     for variant in variants:
-        rows.append(run_variant(args, variant, train_manifest))
-        write_table(rows, args.out, args)
-        logger.info("%s: held-out mAP %.4f", variant, rows[-1]["held_out_mAP"])
+        row = run_variant(args, variant, train_manifest)
+        write_table(row, args.out, args)
+        logger.info("%s: held-out mAP %.4f", variant, row["held_out_mAP"])
 
 
 if __name__ == "__main__":
