@@ -87,13 +87,41 @@ def features_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8, help="30 s windows per pass")
     p.add_argument("--shard-size", type=_positive_int, default=960, help="clips per shard")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--augment",
+        metavar="FAMILIES",
+        help="make a views store: augmented views of the train clips only, with 'all' or "
+        "some of reverb,eq,codec,gain,bed,speech (add it with `train --augmented`)",
+    )
+    p.add_argument("--augment-copies", type=_positive_int, default=1, help="views per clip")
+    p.add_argument(
+        "--augment-probability",
+        type=float,
+        default=0.5,
+        help="chance of each family in a view (at least one is applied)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def features_main(argv: list[str] | None = None) -> int:
-    args = features_parser().parse_args(argv)
+    parser = features_parser()
+    args = parser.parse_args(argv)
+    augment = None
+    if args.augment:
+        from .augment import AugmentConfig, AugmentError
+
+        try:
+            augment = AugmentConfig.parse(
+                args.augment,
+                copies=args.augment_copies,
+                seed=args.seed,
+                probability=args.augment_probability,
+            )
+        except AugmentError as e:
+            parser.error(f"--augment: {e}")
 
     def run(args: argparse.Namespace) -> None:
         from .features import extract_features
@@ -108,6 +136,7 @@ def features_main(argv: list[str] | None = None) -> int:
             shard_size=args.shard_size,
             progress=not args.no_progress,
             download_root=args.model_dir,
+            augment=augment,
         )
         print(
             f"{report.n_clips} clips in {report.out_dir}: {report.shards_written} shard(s) "
@@ -164,6 +193,14 @@ def train_parser() -> argparse.ArgumentParser:
         help="recording: the store's splits; source: train without the held-out source "
         "packages, so `evaluate` measures sources the head never saw",
     )
+    p.add_argument(
+        "--augmented",
+        action="append",
+        default=[],
+        metavar="VIEWS",
+        help="views store (features extract --augment) whose views of this store's training "
+        "clips are added to them; repeatable. One epoch stays one pass's worth of clips",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -197,6 +234,7 @@ def train_main(argv: list[str] | None = None) -> int:
             average_last=args.average_last,
             valid_fraction=args.valid_fraction,
             split_scheme=args.split_scheme,
+            augmented=tuple(args.augmented),
             device=args.device,
             progress=not args.no_progress,
         )

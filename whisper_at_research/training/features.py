@@ -22,7 +22,8 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from whisper_at.tagging import ENCODER_FRAMES_PER_BIN, pool_bins
 from whisper_at.tap import install_tap
 from whisper_at.weights import LoadedWhisper, load_whisper
 
+from .augment import AugmentConfig, Augmenter, ViewPlan, view_id
 from .manifest import Clip, label_indices, manifest_hash, read_manifest
 
 logger = logging.getLogger("whisper_at")
@@ -120,12 +122,16 @@ def extract_features(
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
     download_root: str | None = None,
+    augment: AugmentConfig | None = None,
 ) -> ExtractionReport:
     """Extract pooled all-layer features of every manifest clip into ``out_dir``.
 
     model_name: a Whisper name or path for ``load_whisper`` (or an already loaded one);
     labels: the label set of the targets (default: AudioSet's 527 classes);
-    batch_size: 30 s encoder windows (3 clips each) per encoder pass.
+    batch_size: 30 s encoder windows (3 clips each) per encoder pass;
+    augment: make a *views store* instead: ``augment.copies`` augmented views of each
+    ``train`` clip (ids ``<clip id>~aug<k>``, see ``augment.py``), nothing of the other
+    splits; ``whisper-at train BASE --augmented VIEWS`` adds them to BASE's training clips.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -133,8 +139,17 @@ def extract_features(
         raise ValueError(f"shard_size must be a positive multiple of {CLIPS_PER_WINDOW}")
     labels = labels or audioset_labels()
     clips = read_manifest(manifest)
-    targets = label_indices(clips, labels)
     digest = manifest_hash(clips, labels)
+    reader = _AudioReader()
+    plans: list[ViewPlan] | None = None
+    if augment is not None:
+        clips, plans, audio_of = _views(clips, labels, augment, reader)
+    else:
+
+        def audio_of(clip: Clip, _: int) -> tuple[np.ndarray, float]:
+            return reader.clip(clip)
+
+    targets = label_indices(clips, labels)
     if isinstance(model_name, LoadedWhisper):
         loaded = model_name
     else:
@@ -162,6 +177,7 @@ def extract_features(
         "shard_size": shard_size,
         "n_shards": n_shards,
         "complete": False,
+        "augment": augment.to_dict() if augment else None,
     }
     _check_resume(out, meta)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +187,6 @@ def extract_features(
     tap = install_tap(loaded.model)
     passes_before = tap.n_passes
     todo = [s for s in range(n_shards) if not (out / f"{_shard_name(s)}.json").exists()]
-    reader = _AudioReader()
     bar = tqdm(
         total=sum(min(shard_size, len(clips) - s * shard_size) for s in todo),
         unit="clip",
@@ -181,7 +196,9 @@ def extract_features(
     try:
         for s in todo:
             lo, hi = s * shard_size, min((s + 1) * shard_size, len(clips))
-            feats, seconds = _extract_shard(loaded, tap, clips[lo:hi], reader, batch_size, bar)
+            feats, seconds = _extract_shard(
+                loaded, tap, clips[lo:hi], range(lo, hi), audio_of, batch_size, bar
+            )
             multi_hot = torch.zeros(hi - lo, len(labels), dtype=torch.uint8)
             for row, indices in enumerate(targets[lo:hi]):
                 multi_hot[row, indices] = 1
@@ -197,6 +214,8 @@ def extract_features(
                 "seconds": seconds,
                 "first_clip": lo,
             }
+            if plans is not None:
+                sidecar["augment"] = [p.steps for p in plans[lo:hi]]  # "clip": manifest index
             _write_atomic_json(out / f"{name}.json", sidecar)
     finally:
         bar.close()
@@ -225,6 +244,7 @@ def _check_resume(out: Path, meta: dict) -> None:
         ("shard_size", "it was made with another shard size"),
         ("format_version", "it was made by another version of the feature format"),
         ("label_ids", "it was made with another label set"),
+        ("augment", "it was made with another augmentation (or none)"),
     ]
     for key, why in checks:
         if old.get(key) != meta[key]:
@@ -284,9 +304,56 @@ def pack_window(clip_audio: list[np.ndarray], n_mels: int) -> torch.Tensor:
     return window_log_mel(chunk, n_mels)
 
 
+def _views(
+    clips: list[Clip], labels: LabelSet, config: AugmentConfig, reader: _AudioReader
+) -> tuple[list[Clip], list[ViewPlan], Callable[[Clip, int], tuple[np.ndarray, float]]]:
+    """The augmented views of the train clips, their plans, and how to render view ``k``."""
+    names = [[labels.names[i] for i in row] for row in label_indices(clips, labels)]
+    train = [i for i, c in enumerate(clips) if c.split == "train"]
+    if not train:
+        raise ValueError("augmentation makes views of the 'train' clips; this manifest has none")
+    partner_reader = _AudioReader()
+    augmenter = Augmenter(
+        config,
+        names,
+        [c.recording for c in clips],
+        train,
+        lambda j: partner_reader.clip(clips[j])[0],
+    )
+    views, plans, bases = [], [], []
+    for i in train:
+        for k in range(config.copies):
+            plan = augmenter.plan(i, k)
+            mixed = [clips[i], *(clips[j] for j in plan.partners)]
+            views.append(
+                replace(
+                    clips[i],
+                    id=view_id(clips[i].id, k),
+                    labels=tuple(dict.fromkeys(label for c in mixed for label in c.labels)),
+                    sources=tuple(sorted({s for c in mixed for s in c.sources})),
+                )
+            )
+            plans.append(plan)
+            bases.append(i)
+
+    def audio_of(_: Clip, index: int) -> tuple[np.ndarray, float]:
+        samples, seconds = reader.clip(clips[bases[index]])
+        return augmenter.render(samples, plans[index]), seconds
+
+    logger.info("%d views of %d train clips (%s)", len(views), len(train), config.families)
+    return views, plans, audio_of
+
+
 def _extract_shard(
-    loaded: LoadedWhisper, tap, clips: list[Clip], reader: _AudioReader, batch_size: int, bar
+    loaded: LoadedWhisper,
+    tap,
+    clips: list[Clip],
+    indices: range,
+    audio_of: Callable[[Clip, int], tuple[np.ndarray, float]],
+    batch_size: int,
+    bar,
 ) -> tuple[torch.Tensor, list[float]]:
+    """Features of ``clips`` (the store's ``indices``); ``audio_of(clip, index)`` reads one."""
     model = loaded.model
     n_mels = model.dims.n_mels
     dtype = torch.float16 if model.device.type == "cuda" else torch.float32
@@ -301,7 +368,7 @@ def _extract_shard(
         for group in batch:
             audio = []
             for i in group:
-                samples, real = reader.clip(clips[i])
+                samples, real = audio_of(clips[i], indices[i])
                 audio.append(samples)
                 seconds.append(real)
             mels.append(pack_window(audio, n_mels))

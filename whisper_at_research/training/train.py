@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from whisper_at.heads import HEAD_TYPES, HeadConfig, TaggingHead, save_head
 
-from .features import ENCODER_INPUT_SECONDS, FeatureSet, load_features
+from .augment import view_base_id
+from .features import ENCODER_INPUT_SECONDS, FeatureSet, FeatureStoreError, load_features
 from .metrics import tagging_metrics
 from .source_split import SPLIT_SCHEMES, with_scheme
 
@@ -65,6 +66,7 @@ class TrainOptions:
     average_last: int | None = None  # average the weights of the last K epochs
     valid_fraction: float = 0.1  # held out from train (by recording) when there is no valid split
     split_scheme: str = "recording"  # "source": train without the held-out source packages
+    augmented: tuple[str, ...] = ()  # views stores (features extract --augment) added to train
     device: str = "cpu"
     progress: bool = True
 
@@ -143,6 +145,50 @@ def augment(
         keep = ~((frames >= start[:, None]) & (frames < (start + width)[:, None]))
         x = x * keep[:, None, :, None].to(x.dtype)
     return x, y
+
+
+def add_views(
+    train: FeatureSet, views_dirs: tuple[str, ...] | list[str], held_out: tuple[str, ...] = ()
+) -> tuple[FeatureSet, list[dict]]:
+    """``train`` plus the views (of views stores) made from its clips; and each store's config.
+
+    A view is kept when the clip it was made from is in ``train`` and none of its packages
+    (a bed or speech partner's included) is held out, so the held-out-source split stays
+    clean whatever manifest the views were made from.
+    """
+    ids = set(train.ids)
+    held = set(held_out)
+    parts, configs = [train], []
+    for path in views_dirs:
+        views = load_features(path)
+        meta = views.meta
+        if not meta.get("augment"):
+            raise FeatureStoreError(f"{path} is not a views store (made without --augment)")
+        for key in ("whisper_sha256", "label_ids", "n_layer", "d_model"):
+            if meta.get(key) != train.meta.get(key):
+                raise FeatureStoreError(
+                    f"{path} was made with another {key.replace('_', ' ')} than the training "
+                    "store; extract the views with the same Whisper and label set"
+                )
+        keep = [
+            i
+            for i, (vid, sources) in enumerate(zip(views.ids, views.sources or [], strict=False))
+            if view_base_id(vid) in ids and not held & set(sources)
+        ]
+        logger.info("%s: %d of %d views added to training", path, len(keep), len(views))
+        parts.append(views.subset(keep))
+        configs.append({"path": str(path), "n_views": len(keep), "augment": meta["augment"]})
+    if len(parts) == 1:
+        return train, configs
+    return FeatureSet(
+        features=torch.cat([p.features for p in parts]),
+        targets=torch.cat([p.targets for p in parts]),
+        ids=sum((p.ids for p in parts), []),
+        splits=["train"] * sum(len(p) for p in parts),
+        recordings=sum((p.recordings for p in parts), []),
+        meta=train.meta,
+        sources=sum((list(p.sources or []) for p in parts), []),
+    ), configs
 
 
 @dataclass
@@ -243,6 +289,8 @@ def train_head(
     train, valid = _split_valid(data, opts.valid_fraction)
     if len(train) == 0:
         raise ValueError(f"{features_dir} has no training clips (split 'train')")
+    n_clips = len(train)  # one epoch: this many samples, with or without views
+    train, views = add_views(train, opts.augmented, source.held_out if source else ())
     trained = [int(c) for c in torch.nonzero(train.targets.sum(dim=0) > 0).flatten()]
     if not trained:
         raise ValueError("no training clip has a label: nothing to learn")
@@ -281,7 +329,7 @@ def train_head(
     else:
         weights = torch.ones(len(train), dtype=torch.double)
     sampler = WeightedRandomSampler(
-        weights, num_samples=len(train), replacement=True, generator=sampler_gen
+        weights, num_samples=n_clips, replacement=True, generator=sampler_gen
     )
     logger.info(
         "training %s on %d clips (%d classes with data), %d valid clips; lr %g, decay x%g "
@@ -352,7 +400,9 @@ def train_head(
         "options": {**asdict(opts), "lr": lr, "lr_decay_start": start, "lr_decay_step": step},
         "average_last": average_last,
         "features": str(features_dir),
-        "n_train": len(train),
+        "n_train": n_clips,
+        "n_train_views": len(train) - n_clips,
+        "augmented": views,
         "n_valid": len(valid),
         "trained_classes": trained,
         "epochs": curves,
