@@ -2,8 +2,8 @@
 
 ``assets/audioset_ontology_children.tsv`` holds, for each of the 158 ontology nodes with
 children, its id, name and child ids, copied from the AudioSet ontology's
-``ontology.json`` (632 nodes; docs/data-sources.md says where from and under which
-license). Some nodes are not among the 527 classes a head reports (e.g. "Human voice",
+``ontology.json`` (632 nodes; the data-sources page in docs/ says where from and under
+which license). Some nodes are not among the 527 classes a head reports (e.g. "Human voice",
 "Sounds of things"); ancestry passes through them, so "Speech" has no ancestor among
 the classes and "Bark" has Dog, "Domestic animals, pets" and Animal.
 """
