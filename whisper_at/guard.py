@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .labels import LabelSet, audioset_labels
+from .ontology import class_descendants
 from .tagging import TaggingResult
 
-# AudioSet's "Speech" subtree (Speech; male, female, child speech; conversation; narration;
-# babbling; speech synthesizer) and "Whispering", by mid. Singing is deliberately left out.
-SPEECH_CLASS_IDS = (
-    "/m/09x0r", "/m/05zppz", "/m/02zsn", "/m/0ytgt", "/m/01h8n0",
-    "/m/02qldy", "/m/0261r1", "/m/0brhx", "/m/02rtxlg",
-)  # fmt: skip
+# AudioSet's "Speech" with every class below it in the ontology (male, female, child speech,
+# conversation, narration, babbling, speech synthesizer) and "Whispering". Singing is
+# deliberately left out.
+SPEECH_CLASS_NAMES = frozenset({"Speech", "Whispering"}) | class_descendants("Speech")
 # Below this speech probability a segment is non-speech. Chosen on the corpus's valid
 # split so that almost no clip with speech falls under it (docs/nonspeech.md).
 DEFAULT_SPEECH_THRESHOLD = 0.2
@@ -35,10 +34,10 @@ class NonSpeechGuardError(ValueError):
 
 def speech_classes(labels: LabelSet, reported: list[int]) -> list[int]:
     """The reported classes of ``labels`` that carry speech (by AudioSet mid or name)."""
-    names = dict(zip(audioset_labels().ids, audioset_labels().names, strict=True))
+    audioset = audioset_labels()
     found = set()
-    for mid in SPEECH_CLASS_IDS:
-        for key in (mid, names[mid]):
+    for name in SPEECH_CLASS_NAMES:
+        for key in (name, audioset.ids[audioset.names.index(name)]):
             try:
                 found.add(labels.index(key))
             except KeyError:
