@@ -250,7 +250,7 @@ def test_tag_events_cli_finds_the_speech_where_it_is(padded_speech, tmp_path, ca
 
 
 def test_writers_round_trip_the_events(model, padded_speech, tmp_path):
-    tagging = model.tag(padded_speech)
+    tagging = model.tag(padded_speech, track_options=TrackOptions())
     options = EventOptions(rollup_depth=0)
     events = tagging.events(options)
     assert events and all(e.label in LABELS.names for e in events)
@@ -275,14 +275,27 @@ def test_writers_round_trip_the_events(model, padded_speech, tmp_path):
 
 
 def test_transcribe_results_carry_sound_events(model, padded_speech):
-    result = model.transcribe(str(padded_speech))
+    result = model.transcribe(str(padded_speech), event_options=EventOptions())
     events = result["sound_events"]
     assert events == [asdict(e) for e in TaggingResult.from_result(result).events()]
     speech = [e for e in events if e["label"] == "Speech"]
     assert len(speech) == 1 and 2.0 <= speech[0]["start"] <= 4.4
     assert set(speech[0]) == {"label", "index", "start", "end", "probability"}
-    (batched,) = model.transcribe_many([str(padded_speech)], batch_size=2)
+    (batched,) = model.transcribe_many(
+        [str(padded_speech)], batch_size=2, track_options=TrackOptions()
+    )
     assert [e["label"] for e in batched["sound_events"]] == [e["label"] for e in events]
+
+
+def test_no_event_track_unless_asked(model, padded_speech):
+    """The track costs several times the tags' head work: only events ask for it."""
+    result = model.transcribe(str(padded_speech))
+    assert "sound_events" not in result and "event_track" not in result
+    assert result["audio_tag"].shape[0] == 2  # the tags themselves are there
+    tagging = model.tag(padded_speech)
+    assert tagging.track is None
+    with pytest.raises(ValueError, match="no event track: ask for one"):
+        tagging.events()
 
 
 # -- the evaluation's reference and options --------------------------------------------------

@@ -25,6 +25,7 @@ from whisper_at.audio import AudioError, audio_duration
 from whisper_at.captions import result_cues, srt_text, vtt_text
 from whisper_at.cli import main as cli_main
 from whisper_at.server import BackgroundServer, ServerConfig, create_app
+from whisper_at.tagging import TrackOptions
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "librivox_sense_and_sensibility.wav"
 KEY = "sk-test-4f9c2e7d1b"  # a key that must never show up in a log
@@ -38,13 +39,15 @@ def model() -> whisper_at.WhisperAT:
 @pytest.fixture(scope="module")
 def reference(model) -> dict:
     """What the library itself gives for the example: the server must answer the same."""
-    return model.transcribe(str(EXAMPLE), at_time_res=2.0)
+    return model.transcribe(str(EXAMPLE), at_time_res=2.0, track_options=TrackOptions())
 
 
 @pytest.fixture(scope="module")
 def reference_words(model) -> dict:
     """The same with word timestamps (what captions=true and word granularity use)."""
-    return model.transcribe(str(EXAMPLE), at_time_res=2.0, word_timestamps=True)
+    return model.transcribe(
+        str(EXAMPLE), at_time_res=2.0, word_timestamps=True, track_options=TrackOptions()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +202,7 @@ def test_tags_endpoint(server, model):
         )
     assert response.status_code == 200, response.text
     body = response.json()
-    tagging = model.tag(str(EXAMPLE), at_time_res=1.2)
+    tagging = model.tag(str(EXAMPLE), at_time_res=1.2, track_options=TrackOptions())
     assert body["at_time_res"] == 1.2 and body["duration"] == pytest.approx(7.1, abs=0.01)
     assert len(body["tags"]) == math.ceil(7.1 / 1.2)
     for window, expected in zip(body["tags"], tagging.windows(top_k=3, threshold=0.3), strict=True):

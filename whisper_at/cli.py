@@ -178,7 +178,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--events",
         action="store_true",
         help="detect sound events: print them and write <name>.events.tsv (DCASE: filename, "
-        "onset, offset, event_label); the JSON always carries sound_events. The high "
+        "onset, offset, event_label) and add sound_events to the JSON. The high "
         "threshold is --threshold",
     )
     d = EventOptions()
@@ -564,8 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     return _run(model, paths, args, tags_only)
 
 
-def _unknown_event_classes(model: WhisperAT, options: EventOptions) -> list[str]:
-    if model.labels is None or options.classes is None:
+def _unknown_event_classes(model: WhisperAT, options: EventOptions | None) -> list[str]:
+    if model.labels is None or options is None or options.classes is None:
         return []
     names = {n.lower() for n in model.labels.names} | set(model.labels.ids)
     return [c for c in options.classes if c.lower() not in names and c not in names]
@@ -588,6 +588,9 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"sound events: {e}")
     if args.events and "events" not in args.output_format:
         args.output_format = [*args.output_format, "events"]
+    if not (args.events or getattr(args, "captions", False) or "events" in args.output_format):
+        # no event track where no events are shown: it costs several times the tags' head work
+        args.event_options = args.track_options = None
     if args.list_models or args.list_labels:
         return
     if not args.audio:

@@ -321,9 +321,10 @@ class WhisperAT:
         )
 
     def _accumulator(self, at_time_res: float, track: TrackOptions | None) -> TagAccumulator:
-        """Tags per ``at_time_res`` window plus the per-bin event track."""
+        """Tags per ``at_time_res`` window, plus the per-bin event track when ``track`` is
+        given (it costs several times the head work of the tags: docs/performance.md)."""
         head = self._require_head()
-        return TagAccumulator(head, at_time_res, EventTrack(head, track or TrackOptions()))
+        return TagAccumulator(head, at_time_res, None if track is None else EventTrack(head, track))
 
     def _new_accumulator(
         self, at_time_res: float, track: TrackOptions | None
@@ -374,9 +375,12 @@ class WhisperAT:
                 head. Every segment is flagged either way (``speech_probability``,
                 ``non_speech``; :mod:`whisper_at.guard`, docs/nonspeech.md).
             speech_threshold: the speech probability under which a segment is non-speech.
-            event_options: how ``sound_events`` are detected (default ``EventOptions()``).
-            track_options: how the per-bin event track is computed (default
-                ``TrackOptions()``: the head on a 2 s window around every 0.4 s bin).
+            event_options: detect ``sound_events`` this way (``EventOptions()``: the
+                defaults); given with or without ``track_options``, the result has them.
+            track_options: compute the per-bin event track this way (``TrackOptions()``:
+                the head on a 2 s window around every 0.4 s bin). Without either option no
+                track is computed and the result has no ``sound_events``: the track costs
+                several times the head work of the tags (docs/performance.md).
             whisper_options: passed unchanged to the engine (openai-whisper's names:
                 language, task, temperature, beam_size, word_timestamps, ...).
 
@@ -388,6 +392,7 @@ class WhisperAT:
             read from, and ``whisper_at``: what made it.
         """
         guard = self._guard(suppress_non_speech, speech_threshold)
+        track_options = _wanted_track(event_options, track_options)
         if batch_size is not None:
             (result,) = self.transcribe_many(
                 [audio],
@@ -467,7 +472,8 @@ class WhisperAT:
                 for t in tagging.span_tags(segment["start"], segment["end"], tags_per_segment)
             ]
         guard.apply(result, tagging)
-        result["sound_events"] = [asdict(event) for event in tagging.events(event_options)]
+        if tagging.track is not None:
+            result["sound_events"] = [asdict(event) for event in tagging.events(event_options)]
         return result
 
     def transcribe_many(
@@ -507,6 +513,7 @@ class WhisperAT:
             )
         _check_batch_size(batch_size)
         guard = self._guard(suppress_non_speech, speech_threshold)
+        track_options = _wanted_track(event_options, track_options)
         group = _Group(
             self, at_time_res, tags_per_segment, guard, batch_size, event_options, whisper_options
         )
@@ -543,9 +550,10 @@ class WhisperAT:
         progress: bool = False,
         track_options: TrackOptions | None = None,
     ) -> TaggingResult:
-        """Tags only: no decoding. Streams the audio, so memory does not grow with its length
-        (the per-bin event track, ``[n_bins, n_classes]`` floats, is kept: 19 MB an hour).
+        """Tags only: no decoding. Streams the audio, so memory does not grow with its length.
 
+        With ``track_options`` (``TrackOptions()`` for the default) the per-bin event track
+        is computed and kept (``[n_bins, n_classes]`` floats: 19 MB an hour), and
         ``result.events(EventOptions(...))`` reads sound events from it. Raises
         :class:`~whisper_at.audio.AudioError` for input that cannot be read.
         """
@@ -581,7 +589,8 @@ class WhisperAT:
         streamed; at most ``batch_size`` windows are held at once. With a head that
         reads only the first encoder blocks, the deeper ones are not run. An input that
         cannot be read yields a :class:`FailedInput` in its place and the others go on.
-        ``total_seconds``: the audio to come, for the progress bar.
+        ``total_seconds``: the audio to come, for the progress bar; ``track_options``: as
+        in :meth:`tag`.
         """
         head = self._require_head()
         _check_batch_size(batch_size)
@@ -646,6 +655,16 @@ class WhisperAT:
         finally:
             bar.close()
             self.tap.forget()
+
+
+def _wanted_track(
+    event_options: EventOptions | None, track_options: TrackOptions | None
+) -> TrackOptions | None:
+    """The event track a transcription computes: the one asked for, the default one when
+    only events are asked for, else none (sound events are opt-in: the track is not free)."""
+    if track_options is None and event_options is not None:
+        return TrackOptions()
+    return track_options
 
 
 def _audio_progress(total: float | None, desc: str, enabled: bool) -> tqdm:

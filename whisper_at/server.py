@@ -49,7 +49,7 @@ from . import __version__
 from .audio import AudioError, audio_duration
 from .captions import CAPTION_WRITERS, CaptionStyle, result_cues
 from .pipeline import WhisperAT
-from .tagging import TaggingResult, Threshold, bins_per_window
+from .tagging import TaggingResult, Threshold, TrackOptions, bins_per_window
 from .writers import tag_windows_json
 
 logger = logging.getLogger("whisper_at")
@@ -621,7 +621,7 @@ def create_app(model: WhisperAT, config: ServerConfig | None = None) -> FastAPI:
 
             def work(job: Job) -> TaggingResult:
                 # tagging has no per-segment hook: it runs to its end, bounded by max_duration
-                return model.tag(upload.path, options.at_time_res)
+                return model.tag(upload.path, options.at_time_res, track_options=TrackOptions())
 
             job = Job(server.executor, slot, work)
             try:
@@ -739,6 +739,7 @@ class TranscriptionForm:
                     self.tag.at_time_res,
                     tags_per_segment=self.tag.top_k,
                     on_segment=on_segment,
+                    track_options=TrackOptions(),  # the page and verbose_json show events
                     **self.options,
                 )
             except ValueError as e:  # AudioError among them: what the CLI reports as the file's

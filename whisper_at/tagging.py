@@ -407,8 +407,9 @@ class TaggingResult:
         whatever ``at_time_res`` is); see :class:`~whisper_at.events.EventOptions`."""
         if self.track is None:
             raise ValueError(
-                "this result has no event track (it was made without one, or read back from "
-                "JSON, which keeps the events but not the track)"
+                "this result has no event track: ask for one when tagging "
+                "(tag(..., track_options=TrackOptions()); transcribe(..., event_options=...)); "
+                "a result read back from JSON keeps its events but not the track"
             )
         options = options or EventOptions()
         return detect_events(
