@@ -17,7 +17,10 @@ several rounds (medians reported):
 - with ``--batch-size N``: faster-whisper's ``BatchedInferencePipeline`` (no tags, float32
   and int8) and whisper-at's batched ``transcribe_many`` (ct2, default precision, with
   tags), over the same audio cut into the same chunks;
-- with ``--bf16``: whisper-at ct2 + tags with the encoder in bfloat16.
+- with ``--bf16`` / ``--int8-encoder``: whisper-at ct2 + tags with the encoder in bfloat16
+  or PyTorch's dynamic int8 (the default decoder; sequential, and batched with ``--batch-size``):
+  batched transcription is bound by the encoder, where faster-whisper int8 runs
+  CTranslate2's int8 encoder.
 Same beam size and temperature for all. The CPU's model and instruction-set flags are
 printed with the table. The audio is real speech over real sounds: the corpus's test
 clips that contain speech, concatenated (build the corpus first: ``whisper-at corpus
@@ -181,7 +184,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     Setup.add_arguments(parser, repeats=5)
     parser.add_argument("--batch-size", type=int, help="also time batched transcription")
-    parser.add_argument("--bf16", action="store_true", help="also time a bfloat16 encoder")
+    parser.add_argument(
+        "--bf16", action="store_true", help="also time a bfloat16 encoder (default decoder)"
+    )
+    parser.add_argument(
+        "--int8-encoder",
+        action="store_true",
+        help="also time PyTorch's dynamic int8 encoder (default decoder; tags approximate)",
+    )
     args = parser.parse_args()
     setup = Setup.from_arguments(args)
     seconds = len(setup.audio()) / 16000
@@ -204,8 +214,16 @@ def main() -> None:
         contenders["faster-whisper batched float32 (no tags)"] = p(faster_whisper, setup, b)
         contenders["faster-whisper batched int8 (no tags)"] = p(faster_whisper, setup, b, "int8")
         contenders["whisper-at ct2 batched + tags"] = p(ct2, True, b)
-    if args.bf16:
-        contenders["whisper-at ct2 + tags, bf16 encoder"] = p(ct2, True, precision="bfloat16")
+    for flag, name, precision in (
+        (args.bf16, "bf16 encoder", "bfloat16:auto"),
+        (args.int8_encoder, "int8 encoder", "int8:auto"),
+    ):
+        if flag:
+            contenders[f"whisper-at ct2 + tags, {name}"] = p(ct2, True, precision=precision)
+            if args.batch_size:
+                contenders[f"whisper-at ct2 batched + tags, {name}"] = p(
+                    ct2, True, args.batch_size, precision=precision
+                )
     timings = alternate(contenders, args.repeats)
 
     import whisper_at
@@ -234,17 +252,20 @@ def main() -> None:
               f"vs faster-whisper ({fw_name}) {tagged / fw:.2f}x the time; "
               f"vs openai-whisper {ow / tagged:.2f}x faster; "
               f"vs the reference algorithm {ref / tagged:.2f}x faster")  # fmt: skip
-    for variant in ("float32 decoder", "no thread handover") + (("bf16 encoder",) * args.bf16):
+    variants = ["float32 decoder", "no thread handover"]
+    variants += ["bf16 encoder"] * args.bf16 + ["int8 encoder"] * args.int8_encoder
+    for variant in variants:
         ours = median[f"whisper-at ct2 + tags, {variant}"]
         print(f"  ct2 + tags, {variant}: {ours / fw:.2f}x the time of faster-whisper "
               f"({fw_name}); {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
     if args.batch_size:
         theirs = min(median[f"faster-whisper batched {c} (no tags)"] for c in ("float32", "int8"))
-        ours = median["whisper-at ct2 batched + tags"]
-        print(f"  batched {args.batch_size}: whisper-at + tags {ours / theirs:.2f}x the time "
-              f"of faster-whisper batched (best type); {ow / ours:.2f}x faster than "
-              f"openai-whisper, {fw / ours:.2f}x faster than faster-whisper "
-              "sequential")  # fmt: skip
+        for variant in ["", *(f", {v}" for v in variants[2:])]:
+            ours = median[f"whisper-at ct2 batched + tags{variant}"]
+            print(f"  batched {args.batch_size}{variant}: whisper-at + tags {ours / theirs:.2f}x "
+                  f"the time of faster-whisper batched (best type); {ow / ours:.2f}x faster "
+                  f"than openai-whisper, {fw / ours:.2f}x faster than faster-whisper "
+                  "sequential")  # fmt: skip
 
 
 if __name__ == "__main__":

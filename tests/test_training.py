@@ -580,6 +580,27 @@ def test_held_out_source_split_assigns_whole_packages(store):
         assert ("lab-2" in packages) == (side in ("test", None))
     with pytest.raises(FeatureStoreError, match="no clip of this store comes from"):
         source_splits(data, ["lab-9"])
+    # another build's list: packages this store lacks are held out too (nothing to train on)
+    other_build = source_splits(data, ["lab-2", "lab-9"], absent_ok=True)
+    assert other_build.held_out == ("lab-2", "lab-9")
+    assert other_build.splits == by_hand.splits
+    with pytest.raises(FeatureStoreError, match="no clip of this store comes from any of"):
+        source_splits(data, ["lab-9"], absent_ok=True)
+
+
+def test_train_holds_out_the_packages_it_is_given(store, tmp_path, caplog):
+    _, features, _ = store
+    head = tmp_path / "given.safetensors"
+    assert train_main([str(features), "--out", str(head), "--epochs", "1", "--batch-size", "8",
+                       "--split-scheme", "source", "--held-out-sources", "lab-2,lab-9",
+                       "--no-progress"]) == 0  # fmt: skip
+    assert load_head(head).config.held_out_sources == ["lab-2", "lab-9"]
+    assert "held out but not in this store: lab-9" in caplog.text
+    curves = json.loads(head.with_name(head.name + ".curves.json").read_text())
+    assert curves["n_train"] == 12  # as source_splits(data, ["lab-2"]) gives
+    bad = tmp_path / "bad.safetensors"
+    assert train_main([str(features), "--out", str(bad), "--held-out-sources", "lab-2"]) == 1
+    assert not bad.exists()
 
 
 def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):

@@ -194,6 +194,13 @@ def train_parser() -> argparse.ArgumentParser:
         "packages, so `evaluate` measures sources the head never saw",
     )
     p.add_argument(
+        "--held-out-sources",
+        type=_list(str),
+        metavar="PKG,PKG",
+        help="with --split-scheme source: hold out these packages instead of the store's rule "
+        "(e.g. another corpus build's set, to judge both heads on the same unseen packages)",
+    )
+    p.add_argument(
         "--augmented",
         action="append",
         default=[],
@@ -234,6 +241,7 @@ def train_main(argv: list[str] | None = None) -> int:
             average_last=args.average_last,
             valid_fraction=args.valid_fraction,
             split_scheme=args.split_scheme,
+            held_out_sources=tuple(args.held_out_sources) if args.held_out_sources else None,
             augmented=tuple(args.augmented),
             device=args.device,
             progress=not args.no_progress,

@@ -31,6 +31,7 @@ holds no training package either.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .features import FeatureSet, FeatureStoreError
+
+logger = logging.getLogger("whisper_at")
 
 SPLIT_SCHEMES = ("recording", "source")
 MIN_RECORDINGS = 5  # recordings (over all packages) for a class to count as well covered
@@ -128,13 +131,24 @@ def choose_held_out_sources(
         covered |= {c for c, ps in well.items() if best[2] in ps}
 
 
-def source_splits(data: FeatureSet, held_out: Sequence[str] | None = None) -> SourceSplit:
-    """Each clip's side in the held-out-source split (``held_out`` default: the rule's)."""
+def source_splits(
+    data: FeatureSet, held_out: Sequence[str] | None = None, absent_ok: bool = False
+) -> SourceSplit:
+    """Each clip's side in the held-out-source split (``held_out`` default: the rule's).
+
+    A given package that no clip comes from is an error (a typo would otherwise hold out
+    nothing), unless ``absent_ok``: then it stays in ``held_out`` (nothing of it is
+    trained on) with a warning.
+    """
     sources = _require_sources(data)
     held = tuple(held_out) if held_out is not None else choose_held_out_sources(data)
     unknown = set(held) - {p for packages in sources for p in packages}
-    if unknown:
+    if unknown and not absent_ok:
         raise FeatureStoreError(f"no clip of this store comes from {sorted(unknown)}")
+    if unknown:
+        logger.warning("held out but not in this store: %s", ", ".join(sorted(unknown)))
+    if unknown == set(held):
+        raise FeatureStoreError(f"no clip of this store comes from any of {sorted(unknown)}")
     held_set = set(held)
     splits: list[str | None] = []
     for packages, split in zip(sources, data.splits, strict=True):
@@ -153,7 +167,10 @@ def source_splits(data: FeatureSet, held_out: Sequence[str] | None = None) -> So
 
 
 def with_scheme(
-    data: FeatureSet, scheme: str, held_out: Sequence[str] | None = None
+    data: FeatureSet,
+    scheme: str,
+    held_out: Sequence[str] | None = None,
+    absent_ok: bool = False,
 ) -> tuple[FeatureSet, SourceSplit | None]:
     """``data`` with the splits of ``scheme``: as stored ("recording"), or held-out-source.
 
@@ -163,7 +180,7 @@ def with_scheme(
         return data, None
     if scheme != "source":
         raise ValueError(f"unknown split scheme {scheme!r}; expected one of {SPLIT_SCHEMES}")
-    split = source_splits(data, held_out)
+    split = source_splits(data, held_out, absent_ok)
     kept = [i for i, s in enumerate(split.splits) if s is not None]
     relabelled = dataclasses.replace(data, splits=[s or "" for s in split.splits])
     return relabelled.subset(kept), split

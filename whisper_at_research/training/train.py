@@ -66,6 +66,9 @@ class TrainOptions:
     average_last: int | None = None  # average the weights of the last K epochs
     valid_fraction: float = 0.1  # held out from train (by recording) when there is no valid split
     split_scheme: str = "recording"  # "source": train without the held-out source packages
+    # "source" with these packages instead of the store's rule, e.g. another build's set, so
+    # heads trained on different corpora are judged on the same unseen packages
+    held_out_sources: tuple[str, ...] | None = None
     augmented: tuple[str, ...] = ()  # views stores (features extract --augment) added to train
     device: str = "cpu"
     progress: bool = True
@@ -85,6 +88,8 @@ class TrainOptions:
             raise ValueError("valid_fraction must be in [0, 1)")
         if self.split_scheme not in SPLIT_SCHEMES:
             raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}")
+        if self.held_out_sources is not None and self.split_scheme != "source":
+            raise ValueError('held_out_sources needs split_scheme="source"')
 
 
 def lr_schedule(epochs: int, start: int | None = None, step: int | None = None) -> tuple[int, int]:
@@ -282,7 +287,9 @@ def train_head(
         head_type=head_type, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, **options
     )
     if opts.split_scheme == "source":
-        data, source = with_scheme(load_features(features_dir), "source")
+        data, source = with_scheme(
+            load_features(features_dir), "source", opts.held_out_sources, absent_ok=True
+        )
     else:
         data, source = load_features(features_dir, splits=["train", "valid"]), None
     meta = data.meta
