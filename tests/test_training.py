@@ -44,7 +44,7 @@ from whisper_at_research.training.cli import (
     features_main,
     train_main,
 )
-from whisper_at_research.training.evaluate import report_markdown
+from whisper_at_research.training.evaluate import report_markdown, top_k_hits
 from whisper_at_research.training.features import pack_window
 from whisper_at_research.training.metrics import calibration, f1_optimal_threshold
 from whisper_at_research.training.source_split import (
@@ -588,6 +588,16 @@ def test_held_out_source_split_assigns_whole_packages(store):
         source_splits(data, ["lab-9"], absent_ok=True)
 
 
+def test_top_k_hits_count_a_true_label_among_the_best_reported_classes():
+    targets = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 1]])
+    scores = np.array([[0.9, 0.8, 0.1, 0.0], [0.9, 0.8, 0.7, 0.0], [0.1, 0.2, 0.9, 0.3]])
+    # true label at rank 1, rank 3, and rank 2 (class 3 is not reported, so only class 1
+    # counts, second after class 2)
+    hits = top_k_hits(targets, scores, reported=[0, 1, 2], ks=(1, 2, 3))
+    assert hits == {"1": 1 / 3, "2": 2 / 3, "3": 1.0}
+    assert top_k_hits(targets[:0], scores[:0], [0, 1]) == {"1": None, "3": None, "5": None}
+
+
 def test_train_holds_out_the_packages_it_is_given(store, tmp_path, caplog):
     _, features, _ = store
     head = tmp_path / "given.safetensors"
@@ -624,9 +634,12 @@ def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):
     assert held["available"] and held["held_out_sources"] == ["lab-3"]
     assert held["trained_without_them"] and held["n_clips"] == 6 and held["mAP"] is not None
     assert 0 <= held["calibration"]["ece"] <= 1
+    hits = held["top_k_hit"]
+    assert 0 <= hits["1"] <= hits["3"] <= hits["5"] <= 1
     assert sum(b["count"] for b in held["calibration"]["bins"]) == 6 * held["n_classes_evaluated"]
     text = out.with_suffix(".md").read_text()
     assert "| held-out sources | 6 |" in text and "trained without them" in text
+    assert "| top-1 | top-3 |" in text
     # a head trained on every package is flagged: its number does not measure unseen sources
     recording = evaluate_head(trained.path, features, progress=False)
     assert recording["held_out_source"]["trained_without_them"] is False

@@ -315,7 +315,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['split']} {name}: {r['n_clips']} clips, {r['n_classes_evaluated']} classes: "
                 f"mAP {_fmt(r['mAP'])}, mAUC {_fmt(r['mAUC'])}, d' {_fmt(r['d_prime'])}, "
-                f"ECE {_fmt(r['calibration']['ece'] if r['calibration'] else None)}"
+                f"ECE {_fmt(r['calibration']['ece'] if r['calibration'] else None)}, "
+                f"top-1/3 hit {_fmt(r['top_k_hit']['1'])}/{_fmt(r['top_k_hit']['3'])}"
             )
         if not held["available"]:
             print(f"no held-out-source split: {held['reason']}")

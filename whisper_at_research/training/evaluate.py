@@ -180,6 +180,7 @@ def _evaluate(head: TaggingHead, data: FeatureSet, split: str, threshold: Thresh
         )
     confusions, pairs = _confusions(targets, scores, predicted, evaluated, reported, names)
     f1s = [row["f1_at_threshold"] for row in per_class]
+    labelled = targets.sum(axis=1) > 0
     return {
         "split": split,
         "n_clips": len(data),
@@ -189,6 +190,7 @@ def _evaluate(head: TaggingHead, data: FeatureSet, split: str, threshold: Thresh
         "mAUC": _num(m.mAUC),
         "d_prime": _num(m.d_prime),
         "macro_f1_at_threshold": float(np.mean(f1s)) if f1s else None,
+        "top_k_hit": top_k_hits(targets[labelled], scores[labelled], reported),
         "n_classes_evaluated": m.n_classes,
         "calibration": calibration(targets[:, evaluated], scores[:, evaluated])
         if evaluated
@@ -201,6 +203,25 @@ def _evaluate(head: TaggingHead, data: FeatureSet, split: str, threshold: Thresh
         ],
         "whisper_name": meta["whisper_name"],
     }
+
+
+def top_k_hits(
+    targets: np.ndarray, scores: np.ndarray, reported: list[int], ks: tuple[int, ...] = (1, 3, 5)
+) -> dict[str, float | None]:
+    """Share of clips with a true label among their k best-scored reported classes.
+
+    What a user reading the first tags sees; the independent evaluation of issue 13
+    reports top-1 and top-5 hits the same way. Clips without a label are not counted.
+    """
+    if len(targets) == 0 or not reported:
+        return {str(k): None for k in ks}
+    ranked = np.asarray(reported)[np.argsort(-scores[:, reported], axis=1)]
+    truth = targets > 0
+    out: dict[str, float | None] = {}
+    for k in ks:
+        hit = np.take_along_axis(truth, ranked[:, :k], axis=1).any(axis=1)
+        out[str(k)] = float(hit.mean())
+    return out
 
 
 def _num(x: float) -> float | None:
@@ -253,8 +274,8 @@ def report_markdown(report: dict) -> str:
     lines = [
         f"# Evaluation of {report.get('head', 'head')} on split {report['split']!r}",
         "",
-        "| split | clips | classes | mAP | mAUC | d' | macro F1@t | ECE |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| split | clips | classes | mAP | mAUC | d' | macro F1@t | ECE | top-1 | top-3 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         _summary_row("by recording", report),
     ]
     if held["available"]:
@@ -281,10 +302,12 @@ def report_markdown(report: dict) -> str:
 
 def _summary_row(name: str, report: dict) -> str:
     ece = report["calibration"]["ece"] if report.get("calibration") else None
+    hits = report.get("top_k_hit") or {}
     return (
         f"| {name} | {report['n_clips']} | {report['n_classes_evaluated']} | "
         f"{_fmt(report['mAP'])} | {_fmt(report['mAUC'])} | {_fmt(report['d_prime'])} | "
-        f"{_fmt(report['macro_f1_at_threshold'])} | {_fmt(ece)} |"
+        f"{_fmt(report['macro_f1_at_threshold'])} | {_fmt(ece)} | "
+        f"{_fmt(hits.get('1'))} | {_fmt(hits.get('3'))} |"
     )
 
 
