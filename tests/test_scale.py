@@ -1,0 +1,247 @@
+"""Beyond one machine: `whisper-at batch` and feature extraction on a real local Ray
+instance (2 CPUs), and head training across 2 processes with DDP (gloo, CPU).
+
+Real tiny.en weights, real speech (LibriVox and Asterisk prompts from Debian, the
+README's example); the archive holds one file that is not audio.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import psutil
+import pytest
+from conftest import ENCODERS
+
+ray = pytest.importorskip("ray")  # the [ray] extra; the test extra installs it
+
+from whisper_at.batch import (  # noqa: E402  (after the importorskip)
+    SCHEMA,
+    BatchOptions,
+    BatchWorker,
+    ClusterOptions,
+    done_paths,
+    list_inputs,
+    read_results,
+    run_batch,
+    shard_paths,
+)
+from whisper_at.cli import main  # noqa: E402
+from whisper_at.pipeline import load_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "librivox_sense_and_sensibility.wav"
+SUFFIXES = (".wav", ".flac", ".mp3", ".wav", ".flac", ".mp3", ".wav", ".ogg", ".m4a")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real Ray instance in this process: 2 CPUs, a small object store, no dashboard."""
+    assert not ray.is_initialized()
+    ray.init(
+        num_cpus=2,
+        object_store_memory=300 * 2**20,
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, speech) -> tuple[Path, list[Path], Path]:
+    """A folder of 10 real recordings in five formats, and a text file named .wav."""
+    folder = tmp_path_factory.mktemp("archive")
+    good = []
+    for i, ((clip, audio), suffix) in enumerate(zip(speech, SUFFIXES, strict=True)):
+        path = folder / f"{i:02d}-{clip.id}{suffix}"
+        rate = 48000 if suffix == ".ogg" else 16000
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream(ENCODERS[suffix], rate=rate, layout="mono")
+            frame = av.AudioFrame.from_ndarray(audio[None], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, 0
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+        good.append(path)
+    example = folder / "sub" / EXAMPLE.name  # folders are searched recursively
+    example.parent.mkdir()
+    example.write_bytes(EXAMPLE.read_bytes())
+    good.append(example)
+    bad = folder / "05-notes.wav"
+    bad.write_text("meeting notes, not a recording\n", encoding="utf-8")
+    return folder, good, bad
+
+
+def _map_workers() -> list[psutil.Process]:
+    """This test's Ray Data model actors: processes under this one titled MapWorker."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "MapWorker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+class KillOneWorker(threading.Thread):
+    """Kills one model actor (SIGKILL: a crashed worker) once the first shard is written."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(daemon=True)
+        self.out, self.killed, self.stop = out, None, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            workers = _map_workers()
+            if shard_paths(self.out) and workers:
+                self.killed = workers[0].pid
+                os.kill(self.killed, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+
+def test_usage_errors_exit_2_before_ray_starts(tmp_path, capsys):
+    cases = [
+        ([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], "no such file or folder"),
+        ([str(EXAMPLE), "--out", str(tmp_path / "o"), "--model", "tiny.xx"], "unknown Whisper"),
+        ([str(EXAMPLE), "--out", str(tmp_path / "o"), "--tags-only", "--head", "none"], "head"),
+        ([str(EXAMPLE), "--out", str(EXAMPLE)], "is not a folder"),
+        ([str(EXAMPLE), "--out", "o", "--address", "auto", "--num-cpus", "2"], "local instance"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["batch", *argv])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_an_archive_survives_a_killed_worker_and_resumes(local_ray, archive, tmp_path):
+    folder, good, bad = archive
+    out = tmp_path / "out"
+    killer = KillOneWorker(out)
+    killer.start()
+    options = BatchOptions(files_per_shard=1)
+    report = run_batch([str(folder)], out, options, ClusterOptions(num_workers=2))
+    killer.stop.set()
+    assert killer.killed is not None, "no worker was killed mid-run"
+    assert not psutil.pid_exists(killer.killed)
+    assert (report.n_inputs, report.skipped, report.ok, report.failed) == (11, 0, 10, 1)
+
+    table = read_results(out)
+    assert table.schema == SCHEMA
+    rows = table.to_pylist()
+    paths = [r["path"] for r in rows]
+    assert sorted(paths) == sorted(str(p) for p in [*good, bad])  # each file exactly once
+    (error,) = [r for r in rows if r["status"] == "error"]
+    assert error["path"] == str(bad) and error["error"].startswith(str(bad))
+    assert "not an audio file" in error["error"] and error["text"] is None
+
+    # the same results as one process's transcribe_many on each file (a shard's batch)
+    model = load_model("tiny.en")
+    expected = {str(p): next(model.transcribe_many([p], batch_size=8)) for p in good}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        result = expected[row["path"]]
+        assert row["text"] == result["text"] and row["language"] == "en"
+        assert [s["text"] for s in row["segments"]] == [s["text"] for s in result["segments"]]
+        assert row["duration"] == pytest.approx(result["duration"], abs=1e-3)
+        assert row["segments"][0]["speech_probability"] > 0.5
+        assert "Speech" in {t["label"] for t in row["tags"]}
+        assert (row["model"], row["head"]) == ("tiny.en", "tiny.en.tl_tr.safetensors")
+        assert row["sound_events"] is None  # not asked for
+    example_row = next(r for r in rows if r["path"].endswith(EXAMPLE.name))
+    assert "Dashwood" in example_row["text"]
+
+    # a rerun redoes nothing: same shards, untouched, and says so
+    before = {p.name: p.stat().st_mtime_ns for p in shard_paths(out)}
+    assert len(before) == 11
+    rerun = run_batch([str(folder)], out, options, ClusterOptions(num_workers=2))
+    assert (rerun.skipped, rerun.ok, rerun.failed) == (11, 0, 0)
+    assert {p.name: p.stat().st_mtime_ns for p in shard_paths(out)} == before
+
+
+def test_the_command_line_resumes_and_reports(local_ray, archive, tmp_path, capsys):
+    folder, good, bad = archive
+    out = tmp_path / "out"
+    listing = tmp_path / "files.txt"  # a file list: 3 good files, the bad one, a comment
+    listing.write_text(
+        "# first batch\n" + "".join(f"{p}\n" for p in [*good[:3], bad]), encoding="utf-8"
+    )
+    assert main(["batch", str(listing), "--out", str(out), "--tags-only", "--events"]) == 1
+    first = capsys.readouterr().out
+    assert "4 file(s)" in first and "0 skipped (done before), 3 done, 1 failed" in first
+    rows = read_results(out).to_pylist()
+    assert {r["path"] for r in rows} == {str(p) for p in [*good[:3], bad]}
+    for row in rows:
+        if row["status"] == "ok":  # tags only: no transcript, sound events as asked
+            assert row["text"] is None and row["segments"] is None
+            assert "Speech" in {e["label"] for e in row["sound_events"]}
+    # the whole folder now: only the 7 new files are processed
+    assert main(["batch", str(folder), "--out", str(out), "--tags-only", "--events"]) == 0
+    second = capsys.readouterr().out
+    assert "11 file(s)" in second and "4 skipped (done before), 7 done, 0 failed" in second
+    assert sorted(done_paths(out)) == sorted(str(p) for p in [*good, bad])
+
+
+def test_a_retried_batch_finds_its_shard_and_temporary_files_never_count(tmp_path, speech):
+    """What makes a batch exactly-once: its shard is named by its paths and renamed into
+    place whole; a retry (Ray retries a batch whose worker died) finds it and redoes nothing."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".part-0123.parquet.1234.tmp").write_bytes(b"PAR1 half a shard")
+    worker = BatchWorker(BatchOptions(tags_only=True), str(out))
+    audio = speech[0][1]
+    batch = {
+        "path": np.array(["/archive/a.wav", "/archive/b.wav"], dtype=object),
+        "audio": np.array([audio, np.zeros(0, np.float32)], dtype=object),
+        "error": np.array(["", "/archive/b.wav: cannot decode"], dtype=object),
+    }
+    first = worker(batch)
+    assert first["status"] == ["ok", "error"]
+    (shard,) = shard_paths(out)
+    written = shard.stat().st_mtime_ns
+    worker.model = None  # a retry must not touch the model
+    assert worker(batch) == first
+    assert shard_paths(out) == [shard] and shard.stat().st_mtime_ns == written
+    assert done_paths(out) == {"/archive/a.wav", "/archive/b.wav"}
+
+
+def test_inputs_folders_lists_and_manifests(tmp_path):
+    (tmp_path / "a").mkdir()
+    for name in ("x.wav", "y.MP3", "notes.txt"):
+        (tmp_path / "a" / name).write_bytes(b"")
+    (tmp_path / "list.txt").write_text("a/x.wav\n\n# skipped\nmissing.flac\n", encoding="utf-8")
+    (tmp_path / "m.jsonl").write_text('{"path": "a/y.MP3", "labels": []}\n', encoding="utf-8")
+    found = list_inputs(
+        [str(tmp_path / "a"), str(tmp_path / "list.txt"), str(tmp_path / "m.jsonl")]
+    )
+    assert found == [str(tmp_path / "a" / "x.wav"), str(tmp_path / "a" / "y.MP3"), str(
+        tmp_path / "missing.flac"
+    )]  # fmt: skip
+
+
+def test_without_ray_the_command_names_the_extra():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import whisper_at.cli\n"
+        "sys.exit(whisper_at.cli.main(['batch', 'x', '--out', 'y']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert done.returncode == 2
+    assert "pip install 'whisper-at[ray]'" in done.stderr and "Traceback" not in done.stderr
+    imports = "import sys, whisper_at, whisper_at.cli; print('ray' in sys.modules)"
+    plain = subprocess.run([sys.executable, "-c", imports], capture_output=True, text=True)
+    assert plain.stdout.strip() == "False"  # the runtime never imports Ray by itself
