@@ -7,6 +7,7 @@ README's example); the archive holds one file that is not audio.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import av
 import numpy as np
 import psutil
 import pytest
+import torch
 from conftest import ENCODERS
 
 ray = pytest.importorskip("ray")  # the [ray] extra; the test extra installs it
@@ -35,7 +37,11 @@ from whisper_at.batch import (  # noqa: E402  (after the importorskip)
     shard_paths,
 )
 from whisper_at.cli import main  # noqa: E402
+from whisper_at.heads import load_head  # noqa: E402
 from whisper_at.pipeline import load_model  # noqa: E402
+from whisper_at_research.training import extract_features, load_features, train_head  # noqa: E402
+from whisper_at_research.training.cli import features_main  # noqa: E402
+from whisper_at_research.training.features_ray import extract_features_ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "librivox_sense_and_sensibility.wav"
@@ -245,3 +251,102 @@ def test_without_ray_the_command_names_the_extra():
     imports = "import sys, whisper_at, whisper_at.cli; print('ray' in sys.modules)"
     plain = subprocess.run([sys.executable, "-c", imports], capture_output=True, text=True)
     assert plain.stdout.strip() == "False"  # the runtime never imports Ray by itself
+
+
+# -- training features on Ray, heads across processes ---------------------------------------
+CLIP = 10 * 16000
+STORE_KINDS = {"speech": ["Speech"], "sine": ["Sine wave"], "noise": ["White noise"]}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, speech) -> Path:
+    """9 real 10 s clips (speech, sine tones, noise): 2 of each kind to train, 1 to validate."""
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    t = np.arange(CLIP) / 16000
+    rows = []
+    for k in range(3):
+        speech_clip = np.zeros(CLIP, np.float32)
+        utterance = np.concatenate([audio for _, audio in speech[3 * k : 3 * k + 3]])[:CLIP]
+        speech_clip[: len(utterance)] = utterance
+        audio = {
+            "speech": speech_clip,
+            "sine": 0.3 * np.sin(2 * np.pi * rng.uniform(300, 2000) * t),
+            "noise": 0.1 * rng.standard_normal(CLIP),
+        }
+        for kind, samples in audio.items():
+            path = folder / f"{kind}-{k}.wav"
+            with av.open(str(path), "w") as container:
+                stream = container.add_stream("pcm_s16le", rate=16000, layout="mono")
+                planar = np.asarray(samples, np.float32)[None]
+                frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 16000, 0
+                for packet in [*stream.encode(frame), *stream.encode(None)]:
+                    container.mux(packet)
+            split = "valid" if k == 2 else "train"
+            rows.append({"path": path.name, "labels": STORE_KINDS[kind], "split": split})
+    out = folder / "manifest.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_store(local_ray, manifest, tmp_path_factory) -> Path:
+    """A feature store written by 2 Ray workers (features extract --ray), 3 shards of 3."""
+    out = tmp_path_factory.mktemp("ray-store") / "features"
+    argv = [str(manifest), "--out", str(out), "--ray", "--num-workers", "2"]
+    assert features_main([*argv, "--shard-size", "3", "--batch-size", "1"]) == 0
+    return out
+
+
+def test_features_on_ray_are_the_store_one_process_writes(ray_store, manifest, tmp_path):
+    local = tmp_path / "local"
+    extract_features("tiny.en", manifest, local, batch_size=1, shard_size=3, progress=False)
+    on_ray, here = load_features(ray_store), load_features(local)
+    assert on_ray.meta == here.meta and on_ray.meta["n_shards"] == 3
+    assert (on_ray.ids, on_ray.splits, on_ray.recordings) == (
+        here.ids,
+        here.splits,
+        here.recordings,
+    )
+    assert torch.equal(on_ray.targets, here.targets)
+    assert torch.allclose(on_ray.features.float(), here.features.float(), atol=2e-2, rtol=1e-2)
+    # a second run on Ray finds every shard written and does no encoder work
+    again = extract_features_ray("tiny.en", manifest, ray_store, batch_size=1, shard_size=3)
+    assert (again.shards_written, again.shards_skipped, again.encoder_passes) == (0, 3, 0)
+
+
+def test_two_ddp_processes_train_the_head_one_process_trains(ray_store, tmp_path):
+    """torchrun, 2 processes, gloo on the CPU: the same weights (float order aside) and
+    the same number of steps. Batches of 5 of 6 clips: the last global batch has one clip,
+    so one rank's slice is empty."""
+    args = ["--epochs", "3", "--batch-size", "5", "--lr", "1e-3", "--seed", "1"]
+    one = train_head(
+        ray_store, out=tmp_path / "one.safetensors", epochs=3, batch_size=5, lr=1e-3, seed=1,
+        progress=False,
+    )  # fmt: skip
+    ddp_out = tmp_path / "ddp.safetensors"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "whisper_at", "train", str(ray_store)]
+    done = subprocess.run(
+        [*command, "--out", str(ddp_out), *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1  # rank 0 only
+    ddp = load_head(ddp_out)
+    weights = one.head.state_dict()
+    for name, value in ddp.state_dict().items():
+        torch.testing.assert_close(value, weights[name], atol=1e-4, rtol=0)
+    one_record = json.loads((tmp_path / "one.safetensors.curves.json").read_text())
+    ddp_record = json.loads((tmp_path / "ddp.safetensors.curves.json").read_text())
+    assert (ddp_record["processes"], one_record["processes"]) == (2, 1)
+    assert ddp_record["steps"] == one_record["steps"] == 6
+    for a, b in zip(ddp_record["epochs"], one_record["epochs"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ddp")) == [
+        "ddp.safetensors", "ddp.safetensors.curves.json", "ddp.safetensors.curves.png"
+    ]  # fmt: skip

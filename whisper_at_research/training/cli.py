@@ -199,7 +199,8 @@ def features_main(argv: list[str] | None = None) -> int:
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="whisper-at train",
-        description="Train a tagging head on a feature store (Whisper-AT recipe).",
+        description="Train a tagging head on a feature store (Whisper-AT recipe). Across "
+        "processes: torchrun --nproc-per-node N -m whisper_at train ... (DDP; docs/scale.md).",
     )
     p.add_argument("features", help="feature store folder (whisper-at features extract)")
     p.add_argument("--out", required=True, help="head checkpoint to write (.safetensors)")
@@ -287,6 +288,8 @@ def train_main(argv: list[str] | None = None) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
+        if not result.saved:  # a DDP rank other than 0: rank 0 reports
+            return
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) or "no validation"
         print(f"wrote {result.path} ({len(result.trained_classes)} trained classes; {shown})")
 
