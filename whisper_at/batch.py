@@ -115,7 +115,7 @@ class BatchOptions:
     model: str = "tiny.en"
     head: str | None = "default"  # "default", a head file, or None (transcripts only)
     device: str | None = None  # None: cuda where the worker was given a GPU, else cpu
-    engine: str = "auto"
+    engine: str = "auto"  # transcripts: ct2 (the batched pipeline) on every device
     precision: str = "auto"
     tags_only: bool = False
     at_time_res: float = 10.0
@@ -257,11 +257,14 @@ class BatchWorker:
         self.options = options
         self.out_dir = Path(out_dir)
         device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # transcripts come from faster-whisper's batched pipeline, on the GPU too (where
+        # "auto" would pick openai-whisper's loop, which has no batched pipeline)
+        engine = "ct2" if options.engine == "auto" and not options.tags_only else options.engine
         self.model: WhisperAT = load_model(
             options.model,
             device=device,
             head=options.head,
-            engine=options.engine,
+            engine=engine,
             precision=options.precision,
         )
         head = self.model.head
@@ -419,6 +422,10 @@ def check_options(options: BatchOptions) -> None:
         raise BatchUsageError(f"--head {options.head}: no such file")
     if options.engine not in ("auto", *ENGINES):
         raise BatchUsageError(f"unknown engine {options.engine!r}; choose from auto, {ENGINES}")
+    if options.engine == "torch" and not options.tags_only:
+        raise BatchUsageError(
+            "the torch engine has no batched pipeline; batch transcribes with ct2 (faster-whisper)"
+        )
     if options.tags_only and options.head is None:
         raise BatchUsageError("tags only needs a head; head None leaves nothing to do")
 
@@ -537,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", action="store_true", help="add sound events (onsets, offsets)")
     p.add_argument("--model", default="tiny.en", help="Whisper name or local path")
     p.add_argument("--head", default="default", help="default, none, or a .safetensors path")
-    p.add_argument("--engine", default="auto", help="auto, ct2 or torch")
+    p.add_argument(
+        "--engine", default="auto", help="auto or ct2 (transcripts); torch too for --tags-only"
+    )
     p.add_argument("--precision", default="auto", help="as in whisper-at --precision")
     p.add_argument("--at-time-res", type=at_time_res_argument, default=10.0)
     p.add_argument("--top-k", type=positive_int, default=5, help="tags per window")

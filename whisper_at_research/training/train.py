@@ -215,6 +215,7 @@ class Ranks:
 
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0  # on its node: which GPU it takes
 
     @property
     def main(self) -> bool:
@@ -256,7 +257,8 @@ def join_process_group(device: str) -> tuple[Ranks, bool]:
     started = not dist.is_initialized()
     if started:
         dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
-    return Ranks(dist.get_rank(), dist.get_world_size()), started
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return Ranks(dist.get_rank(), dist.get_world_size(), local), started
 
 
 def _split_valid(data: FeatureSet, fraction: float) -> tuple[FeatureSet, FeatureSet]:
@@ -342,6 +344,9 @@ def train_head(
         head_type=head_type, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, **options
     )
     ranks, started = join_process_group(opts.device)
+    if ranks.world_size > 1 and opts.device == "cuda":  # one GPU per process
+        opts = replace(opts, device=f"cuda:{ranks.local_rank}")
+        torch.cuda.set_device(opts.device)
     level = logger.level
     if not ranks.main:  # only rank 0 logs, shows progress and writes files
         logger.setLevel(logging.ERROR)
@@ -397,7 +402,11 @@ def _train(
     if source:
         logger.info("held-out-source split: training without %s", ", ".join(source.held_out))
     head = TaggingHead(config).to(opts.device)
-    model = head if ranks.world_size == 1 else DistributedDataParallel(head)
+    if ranks.world_size == 1:
+        model = head
+    else:
+        on_gpu = str(opts.device).startswith("cuda")
+        model = DistributedDataParallel(head, device_ids=[opts.device] if on_gpu else None)
     optimizer = torch.optim.Adam(
         head.parameters(), lr=lr, betas=opts.betas, weight_decay=opts.weight_decay
     )
