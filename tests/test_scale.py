@@ -99,19 +99,21 @@ def _map_workers() -> list[psutil.Process]:
 
 
 class KillOneWorker(threading.Thread):
-    """Kills one model actor (SIGKILL: a crashed worker) once the first shard is written."""
+    """Kills one model actor (SIGKILL: a crashed worker) once the first shard is written,
+    and notes every worker process seen, the one Ray starts in its place included."""
 
     def __init__(self, out: Path) -> None:
         super().__init__(daemon=True)
         self.out, self.killed, self.stop = out, None, threading.Event()
+        self.seen: set[int] = set()
 
     def run(self) -> None:
         while not self.stop.is_set():
             workers = _map_workers()
-            if shard_paths(self.out) and workers:
+            self.seen |= {w.pid for w in workers}
+            if self.killed is None and shard_paths(self.out) and workers:
                 self.killed = workers[0].pid
                 os.kill(self.killed, signal.SIGKILL)
-                return
             time.sleep(0.05)
 
 
@@ -139,8 +141,10 @@ def test_an_archive_survives_a_killed_worker_and_resumes(local_ray, archive, tmp
     options = BatchOptions(files_per_shard=1)
     report = run_batch([str(folder)], out, options, ClusterOptions(num_workers=2))
     killer.stop.set()
+    killer.join()
     assert killer.killed is not None, "no worker was killed mid-run"
     assert not psutil.pid_exists(killer.killed)
+    assert len(killer.seen) >= 3  # two workers, and the one restarted in the killed one's place
     assert (report.n_inputs, report.skipped, report.ok, report.failed) == (11, 0, 10, 1)
 
     table = read_results(out)
