@@ -140,7 +140,7 @@ def main() -> None:
             for n in map(int, args.workers.split(",")):
                 runs[f"Ray, {n} worker{'s' * (n > 1)}"] = on_ray(paths, tags_only, n, args)
             base = runs["one process"]["wall"]
-            print(f"{mode}: {'':<16} {'wall s':>8} {'audio s/s':>10} {'(work only)':>12} overhead")
+            print(f"{mode + ':':<24} {'wall s':>8} {'audio s/s':>10} {'work only':>12} Ray adds")
             for name, r in runs.items():
                 overhead = "" if name == "one process" else f"{r['wall'] - base:+.1f} s"
                 print(

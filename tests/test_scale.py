@@ -7,13 +7,19 @@ README's example); the archive holds one file that is not audio.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import av
@@ -202,6 +208,57 @@ def test_the_command_line_resumes_and_reports(local_ray, archive, tmp_path, caps
     second = capsys.readouterr().out
     assert "11 file(s)" in second and "4 skipped (done before), 7 done, 0 failed" in second
     assert sorted(done_paths(out)) == sorted(str(p) for p in [*good, bad])
+
+
+@pytest.fixture
+def ray_start_cluster():
+    """A cluster as users start one: `ray start --head` (1 CPU) on this machine, in a
+    process group of its own that is killed afterwards; yields the address it prints."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must be short
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
+    command += ["--port", str(port), "--num-cpus", "1", "--include-dashboard", "false"]
+    command += ["--object-store-memory", str(200 * 2**20), "--temp-dir", temp]
+    command += ["--disable-usage-stats"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}  # docs/scale.md
+    log = Path(temp) / "ray-start.log"
+    with log.open("w") as sink:
+        head = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not (address := re.search(r"ray start --address='([^']+)'", log.read_text())):
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield address.group(1), env  # the address `ray start` tells other nodes to join
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # what the head started, if it outlived it
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_the_command_runs_on_a_cluster_started_with_ray_start(ray_start_cluster, archive, tmp_path):
+    folder, good, bad = archive
+    address, env = ray_start_cluster  # env: the cluster's token, as a user passes it
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "whisper_at", "batch", str(good[0]), str(bad)]
+    command += ["--out", str(out), "--address", address, "--tags-only"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]  # one file failed
+    assert "2 file(s)" in done.stdout and "1 done, 1 failed" in done.stdout
+    assert "Traceback" not in done.stderr
+    rows = {r["path"]: r["status"] for r in read_results(out).to_pylist()}
+    assert rows == {str(good[0]): "ok", str(bad): "error"}
 
 
 def test_a_retried_batch_finds_its_shard_and_temporary_files_never_count(tmp_path, speech):

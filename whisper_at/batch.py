@@ -608,6 +608,9 @@ def main(argv: list[str]) -> int:
         report = run_batch(args.inputs, args.out, options, cluster)
     except BatchUsageError as e:
         parser.error(str(e))
+    except ConnectionError as e:  # no Ray at --address
+        print(f"whisper-at batch: error: --address {args.address}: {e}", file=sys.stderr)
+        return 1
     except ray.exceptions.RayError as e:  # e.g. a worker that cannot load the model
         print(f"whisper-at batch: error: the job failed: {_first_line(e)}", file=sys.stderr)
         return 1
