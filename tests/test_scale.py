@@ -1,5 +1,6 @@
 """Beyond one machine: `whisper-at batch` and feature extraction on a real local Ray
-instance (2 CPUs), and head training across 2 processes with DDP (gloo, CPU).
+instance (ray.init, 2 CPUs) and on a cluster started with `ray start --head`, and head
+training across 2 processes with DDP (torchrun, gloo, CPU).
 
 Real tiny.en weights, real speech (LibriVox and Asterisk prompts from Debian, the
 README's example); the archive holds one file that is not audio.
@@ -26,12 +27,11 @@ import av
 import numpy as np
 import psutil
 import pytest
+import ray  # the [ray] extra, which the test extra installs
 import torch
 from conftest import ENCODERS
 
-ray = pytest.importorskip("ray")  # the [ray] extra; the test extra installs it
-
-from whisper_at.batch import (  # noqa: E402  (after the importorskip)
+from whisper_at.batch import (
     SCHEMA,
     BatchOptions,
     BatchWorker,
@@ -42,12 +42,12 @@ from whisper_at.batch import (  # noqa: E402  (after the importorskip)
     run_batch,
     shard_paths,
 )
-from whisper_at.cli import main  # noqa: E402
-from whisper_at.heads import load_head  # noqa: E402
-from whisper_at.pipeline import load_model  # noqa: E402
-from whisper_at_research.training import extract_features, load_features, train_head  # noqa: E402
-from whisper_at_research.training.cli import features_main  # noqa: E402
-from whisper_at_research.training.features_ray import extract_features_ray  # noqa: E402
+from whisper_at.cli import main
+from whisper_at.heads import load_head
+from whisper_at.pipeline import load_model
+from whisper_at_research.training import extract_features, load_features, train_head
+from whisper_at_research.training.cli import features_main
+from whisper_at_research.training.features_ray import extract_features_ray
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "librivox_sense_and_sensibility.wav"
