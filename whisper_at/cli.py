@@ -504,8 +504,8 @@ def _batch(argv: list[str]) -> int:
         if e.name is None or e.name.split(".")[0] not in ("ray", "pyarrow"):
             raise
         print(
-            f"whisper-at: error: `whisper-at batch` runs on Ray, which is not installed "
-            f"({e.name} is missing): {RAY_EXTRA_HINT}",
+            f"whisper-at: error: `whisper-at batch` runs on Ray, an optional extra that is "
+            f"not installed here ({e.name} is missing): {RAY_EXTRA_HINT}",
             file=sys.stderr,
         )
         return 2
