@@ -12,8 +12,9 @@
 #   b. whisper-at tag on the same file
 #   c. the README's Python example (load_model, transcribe, audio_tag, parse_at_label)
 #   d. research subcommands without the [research] extra: exit 2, the install hint, no traceback
-#      (and `whisper-at corpus --help`, which needs no extra, works)
-#   e. the research dependencies (scikit-learn, scipy, matplotlib, jiwer) are not installed
+#      (and `whisper-at corpus --help`, which needs no extra, works); `whisper-at batch`
+#      without the [ray] extra likewise
+#   e. the research dependencies (scikit-learn, scipy, matplotlib, jiwer) and ray are not installed
 #   f. whisper-at serve: /health, the page at / (its files ship in the wheel) and a
 #      transcription of the example over HTTP
 # and prints the size of the environment's site-packages, its biggest distributions and
@@ -247,13 +248,24 @@ for command in "train --help" "analyze robustness" "evaluate --help" "features e
         { show "$WORK/d.log"; fail "d. whisper-at $command printed a traceback"; }
 done
 
+# `whisper-at batch` runs on Ray, an optional extra: without it, exit 2 and the install hint
+set +e
+whisper-at batch "$AUDIO" --out "$WORK/batch-out" >"$WORK/d.log" 2>&1 </dev/null
+rc=$?
+set -e
+echo "whisper-at batch -> exit $rc: $(head -n 1 "$WORK/d.log")"
+[ "$rc" = 2 ] || { show "$WORK/d.log"; fail "d. whisper-at batch exited $rc, not 2"; }
+grep -qF "pip install 'whisper-at[ray]'" "$WORK/d.log" ||
+    { show "$WORK/d.log"; fail "d. whisper-at batch does not name the ray extra"; }
+grep -q "Traceback" "$WORK/d.log" && { show "$WORK/d.log"; fail "d. whisper-at batch: traceback"; }
+
 # the corpus builder needs only the runtime (and tinysoundfont for its music)
 whisper-at corpus --help >"$WORK/d.log" 2>&1 </dev/null ||
     { show "$WORK/d.log"; fail "d. whisper-at corpus --help failed without the research extra"; }
 echo "whisper-at corpus --help -> exit 0"
 
 step "e. the research dependencies are not installed"
-for module in sklearn scipy matplotlib jiwer; do
+for module in sklearn scipy matplotlib jiwer ray; do
     if "$VPY" -c "import $module" >/dev/null 2>&1; then
         fail "e. 'import $module' works in a plain install: the runtime pulls a research dependency"
     fi

@@ -64,7 +64,7 @@ def _formats(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 # Option checks run while parsing, so a bad value is a usage error before any model loads.
-def _at_time_res(text: str) -> float:
+def at_time_res_argument(text: str) -> float:
     """Seconds per tag window: a positive multiple of the 0.4 s bins the head reads."""
     try:
         seconds = float(text)
@@ -74,7 +74,7 @@ def _at_time_res(text: str) -> float:
     return seconds
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """A count (batch size, top-k, beam width): 0 or less would make nothing to do."""
     try:
         value = int(text)
@@ -159,11 +159,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at-low-compute", action="store_true", help="use the low-dim TL-TR head")
     parser.add_argument(
         "--at-time-res",
-        type=_at_time_res,
+        type=at_time_res_argument,
         default=10.0,
         help="tag window in seconds, a multiple of 0.4",
     )
-    parser.add_argument("--top-k", type=_positive_int, default=5, help="tags per window")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="tags per window")
     parser.add_argument(
         "--threshold",
         type=threshold_argument,
@@ -220,7 +220,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     events.add_argument(
         "--event-context",
-        type=_at_time_res,
+        type=at_time_res_argument,
         default=t.context_seconds,
         help=f"seconds of context for the event track, a multiple of 0.4 "
         f"(default {t.context_seconds:g})",
@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transcribe audio with Whisper and tag its sound events from the same "
         "encoder pass. Use `whisper-at tag FILES` to tag without transcribing; "
         "`whisper-at serve` serves an OpenAI-compatible HTTP API and a web page; "
+        "`whisper-at batch DIR --out OUT` transcribes and tags an archive on Ray; "
         "`whisper-at corpus build --out DIR` builds the training corpus; `features extract`, "
         "`train`, `evaluate` train heads; `analyze` reproduces the paper's analyses.",
     )
@@ -265,11 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--beam-size",
-        type=_positive_int,
+        type=positive_int,
         help="beam search width (default: greedy (torch), 5 (ct2))",
     )
     parser.add_argument(
-        "--best-of", type=_positive_int, help="candidates when sampling with temperature > 0"
+        "--best-of", type=positive_int, help="candidates when sampling with temperature > 0"
     )
     parser.add_argument("--word-timestamps", action="store_true", help="word-level timestamps")
     parser.add_argument("--initial-prompt", help="text to condition the first window on")
@@ -280,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         help="decode 30 s chunks of all files this many at a time (ct2 engine; chunks are "
         "decoded independently, as faster-whisper's batched pipeline does)",
     )
@@ -351,7 +352,7 @@ def build_tag_parser() -> argparse.ArgumentParser:
     )
     _common(parser)
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=8, help="30 s windows encoded together"
+        "--batch-size", type=positive_int, default=8, help="30 s windows encoded together"
     )
     parser.add_argument(
         "--output-format",
@@ -492,12 +493,33 @@ def plugin_commands() -> dict[str, Callable[[list[str]], int]]:
     return {ep.name: (lambda argv, ep=ep: ep.load()(argv)) for ep in found}
 
 
+RAY_EXTRA_HINT = "pip install 'whisper-at[ray]'"
+
+
+def _batch(argv: list[str]) -> int:
+    """``whisper-at batch``, which runs on Ray: an optional extra, imported only here."""
+    try:
+        from .batch import main as batch_main
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in ("ray", "pyarrow"):
+            raise
+        print(
+            f"whisper-at: error: `whisper-at batch` runs on Ray, an optional extra that is "
+            f"not installed here ({e.name} is missing): {RAY_EXTRA_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    return batch_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":  # the HTTP API and web page (docs/serving.md)
         from .server import main as serve
 
         return serve(argv[1:])
+    if argv and argv[0] == "batch":  # archives on a Ray cluster (docs/scale.md)
+        return _batch(argv[1:])
     commands = plugin_commands()
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])

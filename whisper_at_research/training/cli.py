@@ -14,7 +14,7 @@ import logging
 import sys
 import traceback
 
-from whisper_at.cli import threshold_argument
+from whisper_at.cli import RAY_EXTRA_HINT, threshold_argument
 from whisper_at.events import EventOptions
 from whisper_at.heads import HEAD_TYPES
 from whisper_at.labels import LabelSet, audioset_labels
@@ -101,6 +101,16 @@ def features_parser() -> argparse.ArgumentParser:
         help="chance of each family in a view (at least one is applied)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws")
+    ray = p.add_argument_group("on a Ray cluster (pip install 'whisper-at[ray]'; docs/scale.md)")
+    ray.add_argument(
+        "--ray", action="store_true", help="write the shards with Ray workers, one Whisper each"
+    )
+    ray.add_argument(
+        "--address", help="Ray cluster (auto, HOST:6379, ray://HOST:10001); default: local Ray"
+    )
+    ray.add_argument("--num-workers", type=_positive_int, default=1, help="Whisper actors")
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0)
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -123,21 +133,60 @@ def features_main(argv: list[str] | None = None) -> int:
         except AugmentError as e:
             parser.error(f"--augment: {e}")
 
+    ray_only = [a for a in ("address", "num_workers", "cpus_per_worker", "gpus_per_worker")
+                if getattr(args, a) != parser.get_default(a)]  # fmt: skip
+    if ray_only and not args.ray:
+        parser.error(f"--{ray_only[0].replace('_', '-')} applies with --ray")
+    if args.ray and args.device:
+        parser.error("--device: Ray workers use a GPU when given one (--gpus-per-worker)")
+    if args.ray:
+        try:
+            from .features_ray import extract_features_ray
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] not in ("ray", "pyarrow"):
+                raise
+            print(
+                f"whisper-at features extract: error: --ray needs Ray ({e.name} is missing): "
+                f"{RAY_EXTRA_HINT}",
+                file=sys.stderr,
+            )
+            return 2
+
     def run(args: argparse.Namespace) -> None:
         from .features import extract_features
 
-        report = extract_features(
-            args.model,
-            args.manifest,
-            args.out,
-            batch_size=args.batch_size,
-            device=args.device,
-            labels=_label_set(args),
-            shard_size=args.shard_size,
-            progress=not args.no_progress,
-            download_root=args.model_dir,
-            augment=augment,
-        )
+        if args.ray:
+            from whisper_at.batch import ClusterOptions
+
+            report = extract_features_ray(
+                args.model,
+                args.manifest,
+                args.out,
+                batch_size=args.batch_size,
+                labels=_label_set(args),
+                shard_size=args.shard_size,
+                download_root=args.model_dir,
+                augment=augment,
+                cluster=ClusterOptions(
+                    address=args.address,
+                    num_workers=args.num_workers,
+                    cpus_per_worker=args.cpus_per_worker,
+                    gpus_per_worker=args.gpus_per_worker,
+                ),
+            )
+        else:
+            report = extract_features(
+                args.model,
+                args.manifest,
+                args.out,
+                batch_size=args.batch_size,
+                device=args.device,
+                labels=_label_set(args),
+                shard_size=args.shard_size,
+                progress=not args.no_progress,
+                download_root=args.model_dir,
+                augment=augment,
+            )
         print(
             f"{report.n_clips} clips in {report.out_dir}: {report.shards_written} shard(s) "
             f"written, {report.shards_skipped} already there"
@@ -150,7 +199,8 @@ def features_main(argv: list[str] | None = None) -> int:
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="whisper-at train",
-        description="Train a tagging head on a feature store (Whisper-AT recipe).",
+        description="Train a tagging head on a feature store (Whisper-AT recipe). Across "
+        "processes: torchrun --nproc-per-node N -m whisper_at train ... (DDP; docs/scale.md).",
     )
     p.add_argument("features", help="feature store folder (whisper-at features extract)")
     p.add_argument("--out", required=True, help="head checkpoint to write (.safetensors)")
@@ -246,6 +296,8 @@ def train_main(argv: list[str] | None = None) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
+        if not result.saved:  # a DDP rank other than 0: rank 0 reports
+            return
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) or "no validation"
         print(f"wrote {result.path} ({len(result.trained_classes)} trained classes; {shown})")
 

@@ -36,7 +36,7 @@ from whisper.audio import HOP_LENGTH
 from whisper_at.audio import SAMPLE_RATE, load_audio, window_log_mel
 from whisper_at.labels import LabelSet, audioset_labels
 from whisper_at.tagging import ENCODER_FRAMES_PER_BIN, pool_bins
-from whisper_at.tap import install_tap
+from whisper_at.tap import EncoderTap, install_tap
 from whisper_at.weights import LoadedWhisper, load_whisper
 
 from .augment import AugmentConfig, Augmenter, ViewPlan, view_id
@@ -112,6 +112,140 @@ def _write_atomic_json(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class ExtractionPlan:
+    """The clips of a store, in store order, how to read each, and their targets.
+
+    Made the same way wherever shards are written (:func:`extract_features` here, or each
+    Ray worker of ``features_ray``), so that any process writes any shard identically.
+    """
+
+    clips: list[Clip]
+    audio_of: Callable[[Clip, int], tuple[np.ndarray, float]]
+    targets: list[list[int]]
+    n_labels: int
+    shard_size: int
+    views: list[ViewPlan] | None = None  # augmented views' plans (a views store)
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(len(self.clips) / self.shard_size)
+
+    def shard_bounds(self, shard: int) -> tuple[int, int]:
+        lo = shard * self.shard_size
+        return lo, min(lo + self.shard_size, len(self.clips))
+
+
+def plan_extraction(
+    manifest: str | os.PathLike,
+    labels: LabelSet,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    augment: AugmentConfig | None = None,
+) -> ExtractionPlan:
+    """Read the manifest and plan the store's clips (or views, with ``augment``)."""
+    if shard_size < CLIPS_PER_WINDOW or shard_size % CLIPS_PER_WINDOW:
+        raise ValueError(f"shard_size must be a positive multiple of {CLIPS_PER_WINDOW}")
+    clips = read_manifest(manifest)
+    reader = _AudioReader()
+    views: list[ViewPlan] | None = None
+    if augment is not None:
+        clips, views, audio_of = _views(clips, labels, augment, reader)
+    else:
+
+        def audio_of(clip: Clip, _: int) -> tuple[np.ndarray, float]:
+            return reader.clip(clip)
+
+    targets = label_indices(clips, labels)
+    return ExtractionPlan(clips, audio_of, targets, len(labels), shard_size, views)
+
+
+def store_meta(
+    plan: ExtractionPlan,
+    loaded: LoadedWhisper,
+    manifest: str | os.PathLike,
+    labels: LabelSet,
+    augment: AugmentConfig | None,
+) -> dict:
+    """The store's meta.json (``complete`` false until every shard is written)."""
+    dims = loaded.model.dims
+    return {
+        "format_version": FORMAT_VERSION,
+        "whisper_name": loaded.name,
+        "whisper_sha256": loaded.sha256,
+        "n_layer": dims.n_audio_layer,
+        "d_model": dims.n_audio_state,
+        "label_names": list(labels.names),
+        "label_ids": list(labels.ids),
+        "window_seconds": WINDOW_SECONDS,
+        "clips_per_window": CLIPS_PER_WINDOW,
+        "encoder_input_seconds": ENCODER_INPUT_SECONDS,
+        "bins_per_clip": BINS_PER_CLIP,
+        "packing": "3 consecutive 10 s clips per 30 s encoder window, bins 0-25/25-50/50-75",
+        "manifest": str(Path(manifest).resolve()),
+        "manifest_sha256": manifest_hash(read_manifest(manifest), labels),
+        "n_clips": len(plan.clips),
+        "shard_size": plan.shard_size,
+        "n_shards": plan.n_shards,
+        "complete": False,
+        "augment": augment.to_dict() if augment else None,
+    }
+
+
+def open_store(out: Path, meta: dict) -> list[int]:
+    """Create (or check, to resume) the store in ``out``; the shards still to write."""
+    _check_resume(out, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "meta.json").exists():
+        _write_atomic_json(out / "meta.json", meta)
+    return [s for s in range(meta["n_shards"]) if not shard_done(out, s)]
+
+
+def shard_done(out: Path, shard: int) -> bool:
+    """A shard is done once its sidecar is there (written last, atomically)."""
+    return (out / f"{_shard_name(shard)}.json").exists()
+
+
+def close_store(out: Path, meta: dict) -> None:
+    """Mark the store complete: every shard is written."""
+    _write_atomic_json(out / "meta.json", {**meta, "complete": True})
+
+
+def write_shard(
+    loaded: LoadedWhisper,
+    tap: EncoderTap,
+    plan: ExtractionPlan,
+    shard: int,
+    out: Path,
+    batch_size: int,
+    bar: tqdm,
+) -> None:
+    """Extract shard ``shard`` of ``plan`` and write it: tensors first, then the sidecar,
+    each atomically, so a shard counts as done only when both are whole."""
+    lo, hi = plan.shard_bounds(shard)
+    clips = plan.clips[lo:hi]
+    feats, seconds = _extract_shard(
+        loaded, tap, clips, range(lo, hi), plan.audio_of, batch_size, bar
+    )
+    multi_hot = torch.zeros(hi - lo, plan.n_labels, dtype=torch.uint8)
+    for row, indices in enumerate(plan.targets[lo:hi]):
+        multi_hot[row, indices] = 1
+    name = _shard_name(shard)
+    tmp = out / f"{name}.safetensors.tmp"
+    save_file({"features": feats, "targets": multi_hot}, str(tmp))
+    os.replace(tmp, out / f"{name}.safetensors")
+    sidecar = {
+        "ids": [c.id for c in clips],
+        "splits": [c.split for c in clips],
+        "recordings": [c.recording for c in clips],
+        "sources": [list(c.sources) for c in clips],
+        "seconds": seconds,
+        "first_clip": lo,
+    }
+    if plan.views is not None:
+        sidecar["augment"] = [p.steps for p in plan.views[lo:hi]]  # "clip": manifest index
+    _write_atomic_json(out / f"{name}.json", sidecar)
+
+
 def extract_features(
     model_name: str | os.PathLike | LoadedWhisper,
     manifest: str | os.PathLike,
@@ -132,101 +266,41 @@ def extract_features(
     augment: make a *views store* instead: ``augment.copies`` augmented views of each
     ``train`` clip (ids ``<clip id>~aug<k>``, see ``augment.py``), nothing of the other
     splits; ``whisper-at train BASE --augmented VIEWS`` adds them to BASE's training clips.
+    The same store on a Ray cluster: ``features_ray.extract_features_ray``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if shard_size < CLIPS_PER_WINDOW or shard_size % CLIPS_PER_WINDOW:
-        raise ValueError(f"shard_size must be a positive multiple of {CLIPS_PER_WINDOW}")
     labels = labels or audioset_labels()
-    clips = read_manifest(manifest)
-    digest = manifest_hash(clips, labels)
-    reader = _AudioReader()
-    plans: list[ViewPlan] | None = None
-    if augment is not None:
-        clips, plans, audio_of = _views(clips, labels, augment, reader)
-    else:
-
-        def audio_of(clip: Clip, _: int) -> tuple[np.ndarray, float]:
-            return reader.clip(clip)
-
-    targets = label_indices(clips, labels)
+    plan = plan_extraction(manifest, labels, shard_size, augment)
     if isinstance(model_name, LoadedWhisper):
         loaded = model_name
     else:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         loaded = load_whisper(model_name, device=device, download_root=download_root)
-    dims = loaded.model.dims
     out = Path(out_dir)
-    n_shards = math.ceil(len(clips) / shard_size)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "whisper_name": loaded.name,
-        "whisper_sha256": loaded.sha256,
-        "n_layer": dims.n_audio_layer,
-        "d_model": dims.n_audio_state,
-        "label_names": list(labels.names),
-        "label_ids": list(labels.ids),
-        "window_seconds": WINDOW_SECONDS,
-        "clips_per_window": CLIPS_PER_WINDOW,
-        "encoder_input_seconds": ENCODER_INPUT_SECONDS,
-        "bins_per_clip": BINS_PER_CLIP,
-        "packing": "3 consecutive 10 s clips per 30 s encoder window, bins 0-25/25-50/50-75",
-        "manifest": str(Path(manifest).resolve()),
-        "manifest_sha256": digest,
-        "n_clips": len(clips),
-        "shard_size": shard_size,
-        "n_shards": n_shards,
-        "complete": False,
-        "augment": augment.to_dict() if augment else None,
-    }
-    _check_resume(out, meta)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "meta.json").exists():
-        _write_atomic_json(out / "meta.json", meta)
+    meta = store_meta(plan, loaded, manifest, labels, augment)
+    todo = open_store(out, meta)
 
     tap = install_tap(loaded.model)
     passes_before = tap.n_passes
-    todo = [s for s in range(n_shards) if not (out / f"{_shard_name(s)}.json").exists()]
     bar = tqdm(
-        total=sum(min(shard_size, len(clips) - s * shard_size) for s in todo),
+        total=sum(hi - lo for lo, hi in map(plan.shard_bounds, todo)),
         unit="clip",
         desc="features",
         disable=not progress,
     )
     try:
         for s in todo:
-            lo, hi = s * shard_size, min((s + 1) * shard_size, len(clips))
-            feats, seconds = _extract_shard(
-                loaded, tap, clips[lo:hi], range(lo, hi), audio_of, batch_size, bar
-            )
-            multi_hot = torch.zeros(hi - lo, len(labels), dtype=torch.uint8)
-            for row, indices in enumerate(targets[lo:hi]):
-                multi_hot[row, indices] = 1
-            name = _shard_name(s)
-            tmp = out / f"{name}.safetensors.tmp"
-            save_file({"features": feats, "targets": multi_hot}, str(tmp))
-            os.replace(tmp, out / f"{name}.safetensors")
-            sidecar = {
-                "ids": [c.id for c in clips[lo:hi]],
-                "splits": [c.split for c in clips[lo:hi]],
-                "recordings": [c.recording for c in clips[lo:hi]],
-                "sources": [list(c.sources) for c in clips[lo:hi]],
-                "seconds": seconds,
-                "first_clip": lo,
-            }
-            if plans is not None:
-                sidecar["augment"] = [p.steps for p in plans[lo:hi]]  # "clip": manifest index
-            _write_atomic_json(out / f"{name}.json", sidecar)
+            write_shard(loaded, tap, plan, s, out, batch_size, bar)
     finally:
         bar.close()
         tap.forget()
-    meta["complete"] = True
-    _write_atomic_json(out / "meta.json", meta)
+    close_store(out, meta)
     return ExtractionReport(
         out_dir=out,
-        n_clips=len(clips),
+        n_clips=len(plan.clips),
         shards_written=len(todo),
-        shards_skipped=n_shards - len(todo),
+        shards_skipped=plan.n_shards - len(todo),
         encoder_passes=tap.n_passes - passes_before,
     )
 

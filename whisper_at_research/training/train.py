@@ -21,12 +21,14 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
@@ -204,6 +206,64 @@ class TrainResult:
     metrics: dict[str, float]
     trained_classes: list[int]
     options: dict = field(default_factory=dict)
+    saved: bool = True  # False on the ranks of a DDP run other than 0, which write nothing
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a DDP run (``torchrun --nproc-per-node N -m whisper_at
+    train``), so that N processes train the head one process would, up to float order.
+
+    Every rank draws the same global batch and the same augmentation (same seed, same
+    sampler), computes the loss on its slice of the batch, and DDP averages the gradients.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0  # on its node: which GPU it takes
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, n: int) -> slice:
+        """This rank's rows of a global batch of ``n`` (as ``torch.tensor_split``)."""
+        size, extra = divmod(n, self.world_size)
+        start = self.rank * size + min(self.rank, extra)
+        return slice(start, start + size + (self.rank < extra))
+
+    def slice_loss(
+        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: str
+    ) -> tuple[torch.Tensor, float]:
+        """The loss to back-propagate on this rank, and the global batch's mean loss.
+
+        Each rank's loss is its slice's BCE sum over the global batch's element count,
+        times the number of ranks: DDP's gradient average then equals the gradient of
+        the global batch's mean loss, whatever the slices' sizes.
+        """
+        rows, weight = self.rows(len(x)), 1.0
+        if rows.start == rows.stop:  # fewer clips than ranks: one row, weighted 0, so
+            rows, weight = slice(0, 1), 0.0  # that this rank still joins the gradient sync
+        logits = model(x[rows].to(device))
+        target = y[rows].to(device)
+        total = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") * weight
+        elements = y.numel()
+        summed = total.detach().clone()
+        dist.all_reduce(summed)
+        return total * (self.world_size / elements), float(summed) / elements
+
+
+def join_process_group(device: str) -> tuple[Ranks, bool]:
+    """The ranks torchrun's environment describes (``WORLD_SIZE``, ``RANK``, ...), with
+    the process group started (gloo on the CPU, nccl on CUDA) unless it already is;
+    and whether this call started it. One process: ``Ranks()``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not dist.is_initialized():
+        return Ranks(), False
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return Ranks(dist.get_rank(), dist.get_world_size(), local), started
 
 
 def _split_valid(data: FeatureSet, fraction: float) -> tuple[FeatureSet, FeatureSet]:
@@ -282,10 +342,31 @@ def train_head(
     training curves next to ``out`` (``<out>.curves.json`` and, with matplotlib, ``.png``).
     ``split_scheme="source"`` trains on the held-out-source split's train part (no clip of
     a held-out package) and records the held-out packages in the head's config.
+    Started by ``torchrun --nproc-per-node N``, the N processes train one head with DDP
+    (:class:`Ranks`): the same head as one process, up to float order; rank 0 writes it.
     """
     opts = TrainOptions(
         head_type=head_type, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, **options
     )
+    ranks, started = join_process_group(opts.device)
+    if ranks.world_size > 1 and opts.device == "cuda":  # one GPU per process
+        opts = replace(opts, device=f"cuda:{ranks.local_rank}")
+        torch.cuda.set_device(opts.device)
+    level = logger.level
+    if not ranks.main:  # only rank 0 logs, shows progress and writes files
+        logger.setLevel(logging.ERROR)
+        opts = replace(opts, progress=False)
+    try:
+        return _train(features_dir, opts, Path(out), ranks)
+    finally:
+        logger.setLevel(level)
+        if started:
+            dist.destroy_process_group()
+
+
+def _train(
+    features_dir: str | os.PathLike, opts: TrainOptions, out: Path, ranks: Ranks
+) -> TrainResult:
     if opts.split_scheme == "source":
         data, source = with_scheme(
             load_features(features_dir), "source", opts.held_out_sources, absent_ok=True
@@ -328,6 +409,11 @@ def train_head(
     if source:
         logger.info("held-out-source split: training without %s", ", ".join(source.held_out))
     head = TaggingHead(config).to(opts.device)
+    if ranks.world_size == 1:
+        model = head
+    else:
+        on_gpu = str(opts.device).startswith("cuda")
+        model = DistributedDataParallel(head, device_ids=[opts.device] if on_gpu else None)
     optimizer = torch.optim.Adam(
         head.parameters(), lr=lr, betas=opts.betas, weight_decay=opts.weight_decay
     )
@@ -368,15 +454,21 @@ def train_head(
             idx = order[b : b + opts.batch_size]
             x = train.features[idx].float()
             y = train.targets[idx].float()
-            x, y = augment(x, y, opts, rng)
-            logits = head(x.to(opts.device))
-            loss = F.binary_cross_entropy_with_logits(logits, y.to(opts.device))
+            x, y = augment(x, y, opts, rng)  # the global batch: the same draws on every rank
+            if ranks.world_size == 1:
+                logits = head(x.to(opts.device))
+                loss = F.binary_cross_entropy_with_logits(logits, y.to(opts.device))
+                batch_loss = loss.item()
+            else:
+                loss, batch_loss = ranks.slice_loss(model, x, y, opts.device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(batch_loss)
         row = {"epoch": epoch, "lr": epoch_lr, "train_loss": float(np.mean(losses))}
-        row.update(_validate(head, valid, trained))
+        row["steps"] = len(losses)
+        if ranks.main:
+            row.update(_validate(head, valid, trained))
         row["seconds"] = round(time.monotonic() - began, 3)
         curves.append(_finite(row))
         epoch_bar.set_postfix(
@@ -394,12 +486,13 @@ def train_head(
     assert averaged is not None
     head.load_state_dict({k: v / n_averaged for k, v in averaged.items()})
     head.eval()
+    if not ranks.main:  # the same head as rank 0's, which writes it
+        return TrainResult(head, out, curves, {}, trained, asdict(opts), saved=False)
     final = _validate(head, valid, trained)
     metrics = {k: float(v) for k, v in final.items() if k != "valid_loss" and not math.isnan(v)}
     if not final:
         logger.warning("no validation clips: the head carries no metrics")
     head.config.metrics = metrics
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     head = head.cpu()
     save_head(head, out)
@@ -411,6 +504,8 @@ def train_head(
         "n_train_views": len(train) - n_clips,
         "augmented": views,
         "n_valid": len(valid),
+        "processes": ranks.world_size,
+        "steps": sum(row["steps"] for row in curves),
         "trained_classes": trained,
         "epochs": curves,
         "final": _finite(final),
