@@ -170,6 +170,15 @@ def faster_whisper(
     )
 
 
+# the rows --core leaves out
+NOT_CORE = (
+    "reference algorithm",
+    "whisper-at torch",
+    "whisper-at ct2 + tags, float32 decoder",
+    "whisper-at ct2 + tags, no thread handover",
+)
+
+
 def cpu_description() -> str:
     """The CPU model and the instruction-set flags that decide the kernels used."""
     from whisper_at.precision import cpu_model_and_flags
@@ -186,6 +195,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="also time batched transcription")
     parser.add_argument(
         "--bf16", action="store_true", help="also time a bfloat16 encoder (default decoder)"
+    )
+    parser.add_argument(
+        "--core",
+        action="store_true",
+        help="only what the speed targets compare: openai-whisper, faster-whisper and "
+        "whisper-at's ct2 engine at its default (no torch engine, reference algorithm, "
+        "float32 decoder or thread-handover rows)",
     )
     parser.add_argument(
         "--int8-encoder",
@@ -224,6 +240,8 @@ def main() -> None:
                 contenders[f"whisper-at ct2 batched + tags, {name}"] = p(
                     ct2, True, args.batch_size, precision=precision
                 )
+    if args.core:
+        contenders = {k: v for k, v in contenders.items() if not k.startswith(NOT_CORE)}
     timings = alternate(contenders, args.repeats)
 
     import whisper_at
@@ -242,25 +260,30 @@ def main() -> None:
     ow = median["openai-whisper (no tags)"]
     fw_name = min(("float32", "int8"), key=lambda c: median[f"faster-whisper {c} (no tags)"])
     fw = median[f"faster-whisper {fw_name} (no tags)"]
-    ref = median["reference algorithm + tags"]
+    ref = median.get("reference algorithm + tags")
     print(f"  faster-whisper's best compute type here: {fw_name}")
-    print(f"  reference algorithm: tags overhead {ref / ow - 1:+.1%} over openai-whisper")
+    if ref:
+        print(f"  reference algorithm: tags overhead {ref / ow - 1:+.1%} over openai-whisper")
     for engine in ("torch", "ct2"):
-        tagged = median[f"whisper-at {engine} + tags"]
-        untagged = median[f"whisper-at {engine}, no tags"]
-        print(f"  {engine}: tags overhead {tagged / untagged - 1:+.1%}; "
-              f"vs faster-whisper ({fw_name}) {tagged / fw:.2f}x the time; "
-              f"vs openai-whisper {ow / tagged:.2f}x faster; "
-              f"vs the reference algorithm {ref / tagged:.2f}x faster")  # fmt: skip
-    variants = ["float32 decoder", "no thread handover"]
-    variants += ["bf16 encoder"] * args.bf16 + ["int8 encoder"] * args.int8_encoder
-    for variant in variants:
-        ours = median[f"whisper-at ct2 + tags, {variant}"]
-        print(f"  ct2 + tags, {variant}: {ours / fw:.2f}x the time of faster-whisper "
-              f"({fw_name}); {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
+        tagged = median.get(f"whisper-at {engine} + tags")
+        untagged = median.get(f"whisper-at {engine}, no tags")
+        if tagged and untagged:
+            versus_reference = (
+                f"; vs the reference algorithm {ref / tagged:.2f}x faster" if ref else ""
+            )
+            print(f"  {engine}: tags overhead {tagged / untagged - 1:+.1%}; "
+                  f"vs faster-whisper ({fw_name}) {tagged / fw:.2f}x the time; "
+                  f"vs openai-whisper {ow / tagged:.2f}x faster"
+                  f"{versus_reference}")  # fmt: skip
+    encoders = ["bf16 encoder"] * args.bf16 + ["int8 encoder"] * args.int8_encoder
+    for variant in ["float32 decoder", "no thread handover", *encoders]:
+        ours = median.get(f"whisper-at ct2 + tags, {variant}")
+        if ours:
+            print(f"  ct2 + tags, {variant}: {ours / fw:.2f}x the time of faster-whisper "
+                  f"({fw_name}); {ow / ours:.2f}x faster than openai-whisper")  # fmt: skip
     if args.batch_size:
         theirs = min(median[f"faster-whisper batched {c} (no tags)"] for c in ("float32", "int8"))
-        for variant in ["", *(f", {v}" for v in variants[2:])]:
+        for variant in ["", *(f", {v}" for v in encoders)]:
             ours = median[f"whisper-at ct2 batched + tags{variant}"]
             print(f"  batched {args.batch_size}{variant}: whisper-at + tags {ours / theirs:.2f}x "
                   f"the time of faster-whisper batched (best type); {ow / ours:.2f}x faster "

@@ -134,3 +134,47 @@ def test_shipped_tiny_head_tags_nothing_on_silence_and_only_speech_on_speech(
     assert set(labels) <= SPEECH_CLASSES, [
         [(t.label, round(t.probability, 3)) for t in w.tags] for w in windows
     ]
+
+
+# Packages the shipped tiny.en heads were trained without (corpus build 4's held-out
+# packages, docs/results.md): GCompris's recordings and Battle for Wesnoth's and Scorched
+# 3D's sound effects, made by other people with other recording chains.
+UNSEEN_PACKAGES = {"gcompris": "gcompris-qt-data", "wesnoth": "wesnoth", "scorched3d": "scorched3d"}
+# Sounds a caption reader or an archive search asks for (instrument names are not here).
+EVERYDAY = [
+    "Speech", MALE, FEMALE, "Music", "Animal", "Bird", "Dog", "Canidae, dogs, wolves",
+    "Cattle, bovinae", "Horse", "Livestock, farm animals, working animals", "Wild animals",
+    "Explosion", "Gunshot, gunfire", "Vehicle", "Car", "Aircraft", "Aircraft engine",
+    "Fixed-wing aircraft, airplane", "Jet engine", "Helicopter", "Vehicle horn, car horn, honking",
+    "Siren", "Thunder", "Thunderstorm", "Rain", "Water", "Fire", "Wind", "Screaming",
+    "Laughter", "Walk, footsteps", "Door", "Bell", "Glass", "Crowd", "Applause",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def unseen_recordings():
+    return find_recordings(list(UNSEEN_PACKAGES))
+
+
+@pytest.mark.parametrize("at_low_compute", [False, True])
+def test_shipped_tiny_heads_name_everyday_sounds_of_packages_they_never_saw(
+    unseen_recordings, at_low_compute
+):
+    """Fifteen everyday classes or more (the issue asks ten; the build 3 head managed 12 on
+    the two game packages alone): most of their recordings have a true label among the
+    head's three most probable classes, whatever the thresholds."""
+    model = whisper_at.load_model("tiny.en", device="cpu", at_low_compute=at_low_compute)
+    held_out = " ".join(model.head.config.held_out_sources or [])
+    assert all(f"debian:{p}" in held_out for p in UNSEEN_PACKAGES.values()), held_out
+    hits: dict[str, list[bool]] = {name: [] for name in EVERYDAY}
+    for recording in unseen_recordings:
+        wanted = [name for name in EVERYDAY if name in recording.labels]
+        if not wanted:
+            continue
+        tagging = model.tag(window_of(recording), at_time_res=10.0)
+        top = {t.label for t in tagging.windows(top_k=3, threshold=0.0)[0].tags}
+        for name in wanted:
+            hits[name].append(bool(top & set(recording.labels)))
+    named = sorted(name for name, got in hits.items() if got and sum(got) / len(got) > 0.5)
+    table = {name: f"{sum(got)}/{len(got)}" for name, got in hits.items() if got}
+    assert len(named) >= 15, table
