@@ -111,11 +111,11 @@ def test_default_allow_list_leaves_out_speech() -> None:
 def test_allow_list_parses_names_and_files(tmp_path: Path) -> None:
     assert parse_caption_classes("applause, Bark") == {"Applause", "Bark"}
     listing = tmp_path / "classes.txt"
-    listing.write_text("# what we caption\nApplause\nGunshot, gunfire  # no shipped head\n")
+    listing.write_text("# what we caption\nApplause\nGunshot, gunfire  # any AudioSet class\n")
     assert parse_caption_classes(str(listing)) == {"Applause", "Gunshot, gunfire"}
     events = [event("Gunshot, gunfire", 0.0, 2.0)]
     style = CaptionStyle(classes=parse_caption_classes(str(listing)))
-    assert caption_cues([], events, style, 2.0) == [Cue(0.0, 2.0, "[gunshot]")]
+    assert caption_cues([], events, style, 2.0) == [Cue(0.0, 2.0, "[gunshots]")]
     listing.write_text("# what we caption\nApplause\n\nMusic\n")
     assert parse_caption_classes(str(listing)) == {"Applause", "Music"}
     with pytest.raises(ValueError, match="Barkk"):

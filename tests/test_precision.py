@@ -15,6 +15,7 @@ from torch import nn
 import whisper_at
 from whisper_at.cli import main
 from whisper_at.precision import (
+    CPU_DECODER_ENV,
     Precision,
     PrecisionError,
     fastest_cpu_decoder,
@@ -143,6 +144,7 @@ def test_int8_needs_the_cpu():
 
 def test_the_cpu_decoder_is_measured_once_and_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("WHISPER_AT_CACHE", str(tmp_path))
+    monkeypatch.delenv(CPU_DECODER_ENV, raising=False)
     ct2_dir = load_whisper("tiny.en").ct2_dir
     choice = fastest_cpu_decoder(ct2_dir)
     (entry,) = json.loads((tmp_path / "decoder_precision.json").read_text()).values()
@@ -158,3 +160,14 @@ def test_the_cpu_decoder_is_measured_once_and_kept(tmp_path, monkeypatch):
     model = whisper_at.load_model("tiny.en", device="cpu", head=None)
     assert model.precision == Precision("float32", other)
     assert model.engine.compute_type == other
+
+
+def test_the_cpu_decoder_can_be_pinned(tmp_path, monkeypatch):
+    monkeypatch.setenv("WHISPER_AT_CACHE", str(tmp_path))
+    monkeypatch.setenv(CPU_DECODER_ENV, "int8")
+    model = whisper_at.load_model("tiny.en", device="cpu", head=None)
+    assert model.precision == Precision("float32", "int8")
+    assert not (tmp_path / "decoder_precision.json").exists()  # nothing measured
+    monkeypatch.setenv(CPU_DECODER_ENV, "fast")
+    with pytest.raises(PrecisionError, match="WHISPER_AT_CPU_DECODER='fast': use float32 or int8"):
+        whisper_at.load_model("tiny.en", device="cpu", head=None)

@@ -496,18 +496,24 @@ def plugin_commands() -> dict[str, Callable[[list[str]], int]]:
 RAY_EXTRA_HINT = "pip install 'whisper-at[ray]'"
 
 
+def report_missing_ray(error: ModuleNotFoundError, what: str) -> None:
+    """Say that ``what`` needs the Ray extra, when ``error`` is Ray (or the pyarrow it
+    brings) missing; re-raise any other missing module, which is a real bug."""
+    if error.name is None or error.name.split(".")[0] not in ("ray", "pyarrow"):
+        raise error
+    print(
+        f"{what} runs on Ray, an optional extra that is not installed here "
+        f"({error.name} is missing): {RAY_EXTRA_HINT}",
+        file=sys.stderr,
+    )
+
+
 def _batch(argv: list[str]) -> int:
     """``whisper-at batch``, which runs on Ray: an optional extra, imported only here."""
     try:
         from .batch import main as batch_main
     except ModuleNotFoundError as e:
-        if e.name is None or e.name.split(".")[0] not in ("ray", "pyarrow"):
-            raise
-        print(
-            f"whisper-at: error: `whisper-at batch` runs on Ray, an optional extra that is "
-            f"not installed here ({e.name} is missing): {RAY_EXTRA_HINT}",
-            file=sys.stderr,
-        )
+        report_missing_ray(e, "whisper-at: error: `whisper-at batch`")
         return 2
     return batch_main(argv)
 

@@ -46,6 +46,7 @@ from whisper.model import Linear as WhisperLinear
 from .cache import cache_dir
 
 __all__ = [
+    "CPU_DECODER_ENV",
     "PRECISIONS",
     "Precision",
     "PrecisionError",
@@ -129,6 +130,7 @@ def resolve_precision(
     return wanted
 
 
+CPU_DECODER_ENV = "WHISPER_AT_CPU_DECODER"  # pins "auto"'s CPU decoder: float32 or int8
 # int8 must beat float32 (exact against plain faster-whisper) by this much to be chosen
 _INT8_MARGIN = 0.85
 
@@ -140,10 +142,17 @@ def fastest_cpu_decoder(ct2_dir: str | os.PathLike) -> str:
     each compute type's best of three; about a second for tiny.en) and cached per CPU,
     CTranslate2 version and model in ``decoder_precision.json`` under the cache folder.
     int8 is chosen only when it takes under 85% of float32's time, since float32's
-    transcripts are exactly plain faster-whisper's.
+    transcripts are exactly plain faster-whisper's. ``WHISPER_AT_CPU_DECODER=float32`` (or
+    ``int8``) pins the choice instead: the same transcripts on every machine, whatever a
+    timing on a busy one said.
     """
     import ctranslate2
 
+    pinned = os.environ.get(CPU_DECODER_ENV)
+    if pinned:
+        if pinned not in ("float32", "int8"):
+            raise PrecisionError(f"{CPU_DECODER_ENV}={pinned!r}: use float32 or int8")
+        return pinned
     if "int8" not in ctranslate2.get_supported_compute_types("cpu"):
         return "float32"
     key = _cpu_key(Path(ct2_dir), ctranslate2.__version__)

@@ -14,7 +14,7 @@ import logging
 import sys
 import traceback
 
-from whisper_at.cli import RAY_EXTRA_HINT, threshold_argument
+from whisper_at.cli import report_missing_ray, threshold_argument
 from whisper_at.events import EventOptions
 from whisper_at.heads import HEAD_TYPES
 from whisper_at.labels import LabelSet, audioset_labels
@@ -143,13 +143,7 @@ def features_main(argv: list[str] | None = None) -> int:
         try:
             from .features_ray import extract_features_ray
         except ModuleNotFoundError as e:
-            if e.name is None or e.name.split(".")[0] not in ("ray", "pyarrow"):
-                raise
-            print(
-                f"whisper-at features extract: error: --ray needs Ray ({e.name} is missing): "
-                f"{RAY_EXTRA_HINT}",
-                file=sys.stderr,
-            )
+            report_missing_ray(e, "whisper-at features extract: error: --ray")
             return 2
 
     def run(args: argparse.Namespace) -> None:
