@@ -66,6 +66,13 @@ class ExtractionReport:
     shards_skipped: int
     encoder_passes: int  # real encoder runs this call made (0 when everything was on disk)
 
+    @classmethod
+    def of(
+        cls, out: Path, plan: ExtractionPlan, written: int, encoder_passes: int
+    ) -> ExtractionReport:
+        """The report of a run that wrote ``written`` of ``plan``'s shards."""
+        return cls(out, len(plan.clips), written, plan.n_shards - written, encoder_passes)
+
 
 @dataclass
 class FeatureSet:
@@ -296,13 +303,7 @@ def extract_features(
         bar.close()
         tap.forget()
     close_store(out, meta)
-    return ExtractionReport(
-        out_dir=out,
-        n_clips=len(plan.clips),
-        shards_written=len(todo),
-        shards_skipped=plan.n_shards - len(todo),
-        encoder_passes=tap.n_passes - passes_before,
-    )
+    return ExtractionReport.of(out, plan, len(todo), tap.n_passes - passes_before)
 
 
 def _check_resume(out: Path, meta: dict) -> None:

@@ -139,10 +139,4 @@ def extract_features_ray(
     if missing:
         raise FeatureStoreError(f"{out}: shards {missing} were not written; run again to resume")
     close_store(out, meta)
-    return ExtractionReport(
-        out_dir=out,
-        n_clips=len(plan.clips),
-        shards_written=len(todo),
-        shards_skipped=plan.n_shards - len(todo),
-        encoder_passes=passes,
-    )
+    return ExtractionReport.of(out, plan, len(todo), passes)
