@@ -41,7 +41,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,13 @@ import torch
 
 from . import __version__
 from .audio import SAMPLE_RATE, load_audio
-from .cli import MEDIA_SUFFIXES, at_time_res_argument, positive_int, threshold_argument
+from .cli import (
+    MEDIA_SUFFIXES,
+    at_time_res_argument,
+    non_negative_float,
+    positive_int,
+    threshold_argument,
+)
 from .engines import ENGINES
 from .events import EventOptions
 from .pipeline import FailedInput, WhisperAT, load_model
@@ -356,17 +362,15 @@ class BatchWorker:
         if isinstance(result, TaggingResult):
             tagging = result
             if self.event_options is not None:
-                row["sound_events"] = _events(tagging, self.event_options)
+                events = [asdict(e) for e in tagging.events(self.event_options)]
+                row["sound_events"] = _event_rows(events)
         else:
             row["language"] = result["language"]
             row["text"] = result["text"]
             row["segments"] = [_segment(s) for s in result["segments"]]
             tagging = TaggingResult.from_result(result) if "audio_tag" in result else None
             if "sound_events" in result:
-                row["sound_events"] = [
-                    {k: e[k] for k in ("start", "end", "label", "probability")}
-                    for e in result["sound_events"]
-                ]
+                row["sound_events"] = _event_rows(result["sound_events"])
         row["tags"] = [] if tagging is None else _window_tags(tagging, o.top_k, o.threshold)
         return row
 
@@ -394,11 +398,9 @@ def _window_tags(tagging: TaggingResult, top_k: int, threshold: Threshold) -> li
     ]
 
 
-def _events(tagging: TaggingResult, options: EventOptions) -> list[dict]:
-    return [
-        {"start": e.start, "end": e.end, "label": e.label, "probability": e.probability}
-        for e in tagging.events(options)
-    ]
+def _event_rows(events: list[dict[str, Any]]) -> list[dict]:
+    """Sound events (``asdict(SoundEvent)``, as results hold them) as :data:`SCHEMA` rows."""
+    return [{k: e[k] for k in ("start", "end", "label", "probability")} for e in events]
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, list]:
@@ -471,16 +473,17 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     done = done_paths(out)
     todo = [p for p in paths if p not in done]
-    report = BatchReport(out, len(paths), len(paths) - len(todo), 0, 0, 0.0, 0.0)
+    ok, failed, audio_seconds = 0, 0, 0.0
     if todo:
         started = connect(cluster)
         try:
-            ok, failed, seconds = _execute(todo, out, options, cluster)
+            ok, failed, audio_seconds = _execute(todo, out, options, cluster)
         finally:
             if started:
                 ray.shutdown()
-        report = BatchReport(out, len(paths), len(paths) - len(todo), ok, failed, seconds, 0.0)
-    return BatchReport(**{**report.__dict__, "seconds": time.monotonic() - began})
+    skipped = len(paths) - len(todo)
+    wall = time.monotonic() - began
+    return BatchReport(out, len(paths), skipped, ok, failed, audio_seconds, wall)
 
 
 def _execute(
@@ -532,8 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ray://HOST:10001 (default: start a local Ray instance for this job)",
     )
     p.add_argument("--num-workers", type=positive_int, default=1, help="model actors")
-    p.add_argument("--cpus-per-worker", type=_non_negative, default=1.0)
-    p.add_argument("--gpus-per-worker", type=_non_negative, default=0.0, help="e.g. 1 or 0.5")
+    p.add_argument("--cpus-per-worker", type=non_negative_float, default=1.0)
+    p.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0, help="e.g. 1 or 0.5")
     p.add_argument(
         "--num-cpus", type=positive_int, help="local instance only: CPUs Ray may use"
     )  # fmt: skip
@@ -557,16 +560,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--files-per-shard", type=positive_int, default=4, help="files per Ray batch and shard"
     )
     return p
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def _first_line(error: Exception) -> str:

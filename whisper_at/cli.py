@@ -85,6 +85,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A resource share (CPUs or GPUs per Ray worker): 0 is allowed, less is not."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _probability(text: str) -> float:
     """A probability from 0 to 1 (the non-speech guard's threshold)."""
     try:

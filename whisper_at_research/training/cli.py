@@ -14,7 +14,12 @@ import logging
 import sys
 import traceback
 
-from whisper_at.cli import report_missing_ray, threshold_argument
+from whisper_at.cli import (
+    non_negative_float,
+    positive_int,
+    report_missing_ray,
+    threshold_argument,
+)
 from whisper_at.events import EventOptions
 from whisper_at.heads import HEAD_TYPES
 from whisper_at.labels import LabelSet, audioset_labels
@@ -43,13 +48,6 @@ def _run(fn, args: argparse.Namespace, prog: str) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _fmt(x: float | None) -> str:
@@ -84,8 +82,8 @@ def features_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="custom label set made of the manifest's label names (sorted)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="30 s windows per pass")
-    p.add_argument("--shard-size", type=_positive_int, default=960, help="clips per shard")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="30 s windows per pass")
+    p.add_argument("--shard-size", type=positive_int, default=960, help="clips per shard")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--augment",
@@ -93,7 +91,7 @@ def features_parser() -> argparse.ArgumentParser:
         help="make a views store: augmented views of the train clips only, with 'all' or "
         "some of reverb,eq,codec,gain,bed,speech (add it with `train --augmented`)",
     )
-    p.add_argument("--augment-copies", type=_positive_int, default=1, help="views per clip")
+    p.add_argument("--augment-copies", type=positive_int, default=1, help="views per clip")
     p.add_argument(
         "--augment-probability",
         type=float,
@@ -108,9 +106,9 @@ def features_parser() -> argparse.ArgumentParser:
     ray.add_argument(
         "--address", help="Ray cluster (auto, HOST:6379, ray://HOST:10001); default: local Ray"
     )
-    ray.add_argument("--num-workers", type=_positive_int, default=1, help="Whisper actors")
-    ray.add_argument("--cpus-per-worker", type=float, default=1.0)
-    ray.add_argument("--gpus-per-worker", type=float, default=0.0)
+    ray.add_argument("--num-workers", type=positive_int, default=1, help="Whisper actors")
+    ray.add_argument("--cpus-per-worker", type=non_negative_float, default=1.0)
+    ray.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -199,15 +197,15 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("features", help="feature store folder (whisper-at features extract)")
     p.add_argument("--out", required=True, help="head checkpoint to write (.safetensors)")
     p.add_argument("--head-type", default="tl_tr", choices=HEAD_TYPES)
-    p.add_argument("--proj-dim", type=_positive_int, help="tl_tr_low width (default 512)")
+    p.add_argument("--proj-dim", type=positive_int, help="tl_tr_low width (default 512)")
     p.add_argument(
         "--layers",
-        type=_positive_int,
+        type=positive_int,
         help="read only the first N encoder blocks (default: all); tags-only then runs N blocks",
     )
-    p.add_argument("--epochs", type=_positive_int, default=30)
+    p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--lr", type=float, help="default 1e-4 (5e-5 for TL-TR on medium/large)")
-    p.add_argument("--batch-size", type=_positive_int, default=48)
+    p.add_argument("--batch-size", type=positive_int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weight-decay", type=float, default=5e-7)
     p.add_argument("--label-smoothing", type=float, default=0.1)
@@ -218,10 +216,10 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr-decay", type=float, default=0.75)
     p.add_argument("--lr-decay-start", type=int, help="default 15 (scaled under 30 epochs)")
-    p.add_argument("--lr-decay-step", type=_positive_int, help="default 5 (scaled)")
+    p.add_argument("--lr-decay-step", type=positive_int, help="default 5 (scaled)")
     p.add_argument(
         "--average-last",
-        type=_positive_int,
+        type=positive_int,
         help="average the weights of the last K epochs (default: those after the decay start)",
     )
     p.add_argument(
@@ -317,7 +315,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
         help="what counts as predicted (precision/recall, confusions): auto (the head's "
         "per-class thresholds) or a probability",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", help="cpu or cuda, for feature extraction")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -387,7 +385,7 @@ def calibrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-scheme", choices=SPLIT_SCHEMES, default="recording")
     p.add_argument(
         "--min-positives",
-        type=_positive_int,
+        type=positive_int,
         default=MIN_POSITIVES,
         help="positive clips a class needs for its own threshold (else the fallback)",
     )
