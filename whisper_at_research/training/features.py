@@ -132,6 +132,7 @@ class ExtractionPlan:
     targets: list[list[int]]
     n_labels: int
     shard_size: int
+    manifest_sha256: str  # of the manifest's clips and labels (views are made from them)
     views: list[ViewPlan] | None = None  # augmented views' plans (a views store)
 
     @property
@@ -153,6 +154,7 @@ def plan_extraction(
     if shard_size < CLIPS_PER_WINDOW or shard_size % CLIPS_PER_WINDOW:
         raise ValueError(f"shard_size must be a positive multiple of {CLIPS_PER_WINDOW}")
     clips = read_manifest(manifest)
+    digest = manifest_hash(clips, labels)
     reader = _AudioReader()
     views: list[ViewPlan] | None = None
     if augment is not None:
@@ -163,7 +165,7 @@ def plan_extraction(
             return reader.clip(clip)
 
     targets = label_indices(clips, labels)
-    return ExtractionPlan(clips, audio_of, targets, len(labels), shard_size, views)
+    return ExtractionPlan(clips, audio_of, targets, len(labels), shard_size, digest, views)
 
 
 def store_meta(
@@ -189,7 +191,7 @@ def store_meta(
         "bins_per_clip": BINS_PER_CLIP,
         "packing": "3 consecutive 10 s clips per 30 s encoder window, bins 0-25/25-50/50-75",
         "manifest": str(Path(manifest).resolve()),
-        "manifest_sha256": manifest_hash(read_manifest(manifest), labels),
+        "manifest_sha256": plan.manifest_sha256,
         "n_clips": len(plan.clips),
         "shard_size": plan.shard_size,
         "n_shards": plan.n_shards,
