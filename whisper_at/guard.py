@@ -37,7 +37,7 @@ def speech_classes(labels: LabelSet, reported: list[int]) -> list[int]:
     audioset = audioset_labels()
     found = set()
     for name in SPEECH_CLASS_NAMES:
-        for key in (name, audioset.ids[audioset.names.index(name)]):
+        for key in (name, audioset.ids[audioset.index(name)]):
             try:
                 found.add(labels.index(key))
             except KeyError:
