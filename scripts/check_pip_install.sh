@@ -233,31 +233,30 @@ EOF
 fi
 cat "$WORK/c.log"
 
-step "d. research subcommands without the [research] extra"
-for command in "train --help" "analyze robustness" "evaluate --help" "features extract --help"; do
+step "d. commands of optional extras, without them"
+# expect_extra EXTRA ARGS...: `whisper-at ARGS` exits 2, names `pip install 'whisper-at[EXTRA]'`
+# and prints no traceback
+expect_extra() {
+    local extra=$1
+    shift
     set +e
-    # shellcheck disable=SC2086  # the words of $command are the arguments
-    whisper-at $command >"$WORK/d.log" 2>&1 </dev/null
-    rc=$?
+    whisper-at "$@" >"$WORK/d.log" 2>&1 </dev/null
+    local rc=$?
     set -e
-    echo "whisper-at $command -> exit $rc: $(head -n 3 "$WORK/d.log")"
-    [ "$rc" = 2 ] || { show "$WORK/d.log"; fail "d. whisper-at $command exited $rc, not 2"; }
-    grep -qF "pip install 'whisper-at[research]'" "$WORK/d.log" ||
-        { show "$WORK/d.log"; fail "d. whisper-at $command does not name the research extra"; }
+    echo "whisper-at $* -> exit $rc: $(head -n 3 "$WORK/d.log")"
+    [ "$rc" = 2 ] || { show "$WORK/d.log"; fail "d. whisper-at $* exited $rc, not 2"; }
+    grep -qF "pip install 'whisper-at[$extra]'" "$WORK/d.log" ||
+        { show "$WORK/d.log"; fail "d. whisper-at $* does not name the $extra extra"; }
     grep -q "Traceback" "$WORK/d.log" &&
-        { show "$WORK/d.log"; fail "d. whisper-at $command printed a traceback"; }
+        { show "$WORK/d.log"; fail "d. whisper-at $* printed a traceback"; }
+    return 0
+}
+for command in "train --help" "analyze robustness" "evaluate --help" "features extract --help"; do
+    # shellcheck disable=SC2086  # the words of $command are the arguments
+    expect_extra research $command
 done
-
-# `whisper-at batch` runs on Ray, an optional extra: without it, exit 2 and the install hint
-set +e
-whisper-at batch "$AUDIO" --out "$WORK/batch-out" >"$WORK/d.log" 2>&1 </dev/null
-rc=$?
-set -e
-echo "whisper-at batch -> exit $rc: $(head -n 1 "$WORK/d.log")"
-[ "$rc" = 2 ] || { show "$WORK/d.log"; fail "d. whisper-at batch exited $rc, not 2"; }
-grep -qF "pip install 'whisper-at[ray]'" "$WORK/d.log" ||
-    { show "$WORK/d.log"; fail "d. whisper-at batch does not name the ray extra"; }
-grep -q "Traceback" "$WORK/d.log" && { show "$WORK/d.log"; fail "d. whisper-at batch: traceback"; }
+# `whisper-at batch` runs on Ray, an optional extra
+expect_extra ray batch "$AUDIO" --out "$WORK/batch-out"
 
 # the corpus builder needs only the runtime (and tinysoundfont for its music)
 whisper-at corpus --help >"$WORK/d.log" 2>&1 </dev/null ||
