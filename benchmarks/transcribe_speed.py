@@ -10,17 +10,19 @@ several rounds (medians reported):
 - whisper-at, torch engine, with and without tags;
 - faster-whisper ``transcribe`` alone on the original CTranslate2 folder, float32 and
   int8 (its best of the two is what whisper-at is held to);
-- whisper-at, ct2 engine, default precision (``auto``: a float32 encoder and the decoder
-  this CPU measured faster), with and without tags; with tags and the float32 decoder
-  (transcripts exactly faster-whisper float32's); and with tags as before the thread
-  handover (PyTorch keeping its threads while CTranslate2 decodes);
+- whisper-at, ct2 engine, default precision (``auto``: a bfloat16 encoder on CPUs with
+  native bfloat16, else float32, and the decoder this CPU measured faster), with and
+  without tags; with tags in float32 throughout (transcripts exactly faster-whisper
+  float32's); and with tags as before the thread handover (PyTorch keeping its threads
+  while CTranslate2 decodes);
 - with ``--batch-size N``: faster-whisper's ``BatchedInferencePipeline`` (no tags, float32
   and int8) and whisper-at's batched ``transcribe_many`` (ct2, default precision, with
   tags), over the same audio cut into the same chunks;
-- with ``--bf16`` / ``--int8-encoder``: whisper-at ct2 + tags with the encoder in bfloat16
-  or PyTorch's dynamic int8 (the default decoder; sequential, and batched with ``--batch-size``):
-  batched transcription is bound by the encoder, where faster-whisper int8 runs
-  CTranslate2's int8 encoder.
+- with ``--encoders float32,bfloat16,int8``: whisper-at ct2 + tags with the encoder in
+  each of these (the default decoder; sequential, and batched with ``--batch-size``):
+  what CPUs without native bfloat16 get, and PyTorch's dynamic int8 (batched
+  transcription is bound by the encoder, where faster-whisper int8 runs CTranslate2's
+  int8 encoder).
 Same beam size and temperature for all. The CPU's model and instruction-set flags are
 printed with the table. The audio is real speech over real sounds: the corpus's test
 clips that contain speech, concatenated (build the corpus first: ``whisper-at corpus
@@ -174,7 +176,7 @@ def faster_whisper(
 NOT_CORE = (
     "reference algorithm",
     "whisper-at torch",
-    "whisper-at ct2 + tags, float32 decoder",
+    "whisper-at ct2 + tags, float32 encoder and decoder",
     "whisper-at ct2 + tags, no thread handover",
 )
 
@@ -194,7 +196,11 @@ def main() -> None:
     Setup.add_arguments(parser, repeats=5)
     parser.add_argument("--batch-size", type=int, help="also time batched transcription")
     parser.add_argument(
-        "--bf16", action="store_true", help="also time a bfloat16 encoder (default decoder)"
+        "--encoders",
+        type=lambda text: [e for e in text.split(",") if e],
+        default=[],
+        help="also time these encoder precisions (comma-separated: float32, bfloat16, int8) "
+        "with the default decoder",
     )
     parser.add_argument(
         "--core",
@@ -202,11 +208,6 @@ def main() -> None:
         help="only what the speed targets compare: openai-whisper, faster-whisper and "
         "whisper-at's ct2 engine at its default (no torch engine, reference algorithm, "
         "float32 decoder or thread-handover rows)",
-    )
-    parser.add_argument(
-        "--int8-encoder",
-        action="store_true",
-        help="also time PyTorch's dynamic int8 encoder (default decoder; tags approximate)",
     )
     args = parser.parse_args()
     setup = Setup.from_arguments(args)
@@ -222,7 +223,7 @@ def main() -> None:
         "faster-whisper int8 (no tags)": p(faster_whisper, setup, compute_type="int8"),
         "whisper-at ct2, no tags": p(ct2, False),
         "whisper-at ct2 + tags": p(ct2, True),
-        "whisper-at ct2 + tags, float32 decoder": p(ct2, True, precision="float32"),
+        "whisper-at ct2 + tags, float32 encoder and decoder": p(ct2, True, precision="float32"),
         "whisper-at ct2 + tags, no thread handover": p(ct2, True, thread_handover=False),
     }
     if args.batch_size:
@@ -230,16 +231,13 @@ def main() -> None:
         contenders["faster-whisper batched float32 (no tags)"] = p(faster_whisper, setup, b)
         contenders["faster-whisper batched int8 (no tags)"] = p(faster_whisper, setup, b, "int8")
         contenders["whisper-at ct2 batched + tags"] = p(ct2, True, b)
-    for flag, name, precision in (
-        (args.bf16, "bf16 encoder", "bfloat16:auto"),
-        (args.int8_encoder, "int8 encoder", "int8:auto"),
-    ):
-        if flag:
-            contenders[f"whisper-at ct2 + tags, {name}"] = p(ct2, True, precision=precision)
-            if args.batch_size:
-                contenders[f"whisper-at ct2 batched + tags, {name}"] = p(
-                    ct2, True, args.batch_size, precision=precision
-                )
+    for encoder in args.encoders:
+        name, precision = f"{encoder} encoder", f"{encoder}:auto"
+        contenders[f"whisper-at ct2 + tags, {name}"] = p(ct2, True, precision=precision)
+        if args.batch_size:
+            contenders[f"whisper-at ct2 batched + tags, {name}"] = p(
+                ct2, True, args.batch_size, precision=precision
+            )
     if args.core:
         contenders = {k: v for k, v in contenders.items() if not k.startswith(NOT_CORE)}
     timings = alternate(contenders, args.repeats)
@@ -275,8 +273,8 @@ def main() -> None:
                   f"vs faster-whisper ({fw_name}) {tagged / fw:.2f}x the time; "
                   f"vs openai-whisper {ow / tagged:.2f}x faster"
                   f"{versus_reference}")  # fmt: skip
-    encoders = ["bf16 encoder"] * args.bf16 + ["int8 encoder"] * args.int8_encoder
-    for variant in ["float32 decoder", "no thread handover", *encoders]:
+    encoders = [f"{encoder} encoder" for encoder in args.encoders]
+    for variant in ["float32 encoder and decoder", "no thread handover", *encoders]:
         ours = median.get(f"whisper-at ct2 + tags, {variant}")
         if ours:
             print(f"  ct2 + tags, {variant}: {ours / fw:.2f}x the time of faster-whisper "

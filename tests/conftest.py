@@ -13,10 +13,13 @@ import pytest
 from whisper_at.audio import load_audio
 from whisper_at_research.corpus import SpeechClip, asterisk_prompts, librivox_clips
 
-# Transcripts are compared with plain faster-whisper float32 and with fixed texts, so the
-# tests pin the CPU decoder that precision="auto" would otherwise measure (and a busy
-# machine may measure either way); tests/test_precision.py checks the measurement itself.
+# Transcripts are compared with plain faster-whisper float32 and with fixed texts, and
+# tags with float32 training features, so the tests pin what precision="auto" would
+# otherwise choose per CPU: the decoder it measures (a busy machine may measure either
+# way) and the encoder (bfloat16 on CPUs with native bfloat16); tests/test_precision.py
+# checks both choices themselves.
 os.environ.setdefault("WHISPER_AT_CPU_DECODER", "float32")
+os.environ.setdefault("WHISPER_AT_CPU_ENCODER", "float32")
 
 # Encoder per file suffix for generated test files; PyAV converts the sample format
 # and, for Opus (48 kHz only), the rate.

@@ -16,6 +16,7 @@ import whisper_at
 from whisper_at.cli import main
 from whisper_at.precision import (
     CPU_DECODER_ENV,
+    CPU_ENCODER_ENV,
     Precision,
     PrecisionError,
     fastest_cpu_decoder,
@@ -100,6 +101,21 @@ def test_the_bf16_encoder_computes_in_bfloat16_for_transcripts_and_tags(models, 
     assert block_dtypes(float32, lambda: float32.tag(audio)) == {torch.float32}
 
 
+def test_the_head_follows_a_bf16_encoder(models, speech):
+    _, audio = speech[0]
+    for name, expected in (("bf16", torch.bfloat16), ("float32", torch.float32)):
+        model, seen = models[name], set()
+        last = model.head.mlp_layer
+        handle = last.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
+        try:
+            result = model.tag(audio, at_time_res=2.0)
+            model.transcribe(audio, temperature=0.0, event_options=whisper_at.EventOptions())
+        finally:
+            handle.remove()
+        assert seen == {expected}
+        assert result.logits.dtype == torch.float32  # what callers read stays float32
+
+
 def test_bf16_needs_the_ct2_engine(speech, capsys):
     with pytest.raises(PrecisionError, match="bfloat16 encoder needs the ct2 engine"):
         whisper_at.load_model("tiny.en", device="cpu", engine="torch", precision="bfloat16")
@@ -125,6 +141,28 @@ def test_precision_is_one_setting_checked_once():
         resolve_precision("float32:int4", cpu, "ct2")
     with pytest.raises(PrecisionError, match="not offered by openai-whisper"):
         resolve_precision("float32:int8_float32", cpu, "torch")
+
+
+def test_auto_takes_the_bf16_encoder_where_the_cpu_has_native_bf16(monkeypatch):
+    monkeypatch.delenv(CPU_ENCODER_ENV, raising=False)
+    cpu = torch.device("cpu")
+    # PyTorch's own CPU probe (cpuinfo, not /proc/cpuinfo) as the independent answer
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    expected = "bfloat16" if native else "float32"
+    assert resolve_precision("auto", cpu, "ct2").encoder == expected
+    assert resolve_precision("auto:int8", cpu, "ct2") == Precision(expected, "int8")
+    model = whisper_at.load_model("tiny.en", device="cpu", head=None)
+    assert model.precision.encoder == expected and model.encoder_dtype == getattr(torch, expected)
+    # openai-whisper cannot decode after a bf16 encoder; a named encoder stays as named
+    assert resolve_precision("auto", cpu, "torch").encoder == "float32"
+    assert resolve_precision("float32", cpu, "ct2").encoder == "float32"
+    monkeypatch.setenv(CPU_ENCODER_ENV, "float32")
+    assert resolve_precision("auto", cpu, "ct2").encoder == "float32"
+    monkeypatch.setenv(CPU_ENCODER_ENV, "bfloat16")
+    assert resolve_precision("auto", cpu, "ct2").encoder == "bfloat16"
+    monkeypatch.setenv(CPU_ENCODER_ENV, "fp8")
+    with pytest.raises(PrecisionError, match="WHISPER_AT_CPU_ENCODER='fp8': use float32 or bf"):
+        whisper_at.load_model("tiny.en", device="cpu", head=None)
 
 
 def test_int8_torch_engine_quantizes_the_decoder_too(speech):

@@ -324,7 +324,10 @@ class WhisperAT:
         """Tags per ``at_time_res`` window, plus the per-bin event track when ``track`` is
         given (it costs several times the head work of the tags: docs/performance.md)."""
         head = self._require_head()
-        return TagAccumulator(head, at_time_res, None if track is None else EventTrack(head, track))
+        # the head follows a bfloat16 encoder (docs/engines.md); float16 GPUs keep float32
+        dtype = torch.bfloat16 if self.encoder_dtype == torch.bfloat16 else torch.float32
+        events = None if track is None else EventTrack(head, track, dtype)
+        return TagAccumulator(head, at_time_res, events, dtype)
 
     def _new_accumulator(
         self, at_time_res: float, track: TrackOptions | None

@@ -7,11 +7,15 @@ One name sets the encoder, and the decoder too where the decoder offers it (a CP
 whose CTranslate2 has no bfloat16 keeps the default decoder). docs/engines.md has the
 table of what each costs and changes.
 
-"auto" on the CPU gives a float32 encoder (exact tags) and the faster of CTranslate2's
-float32 and int8 decoders on this CPU: which one wins depends on the processor (int8
-was 2x faster on an Intel CPU with AMX, 20% slower on an AMD EPYC with AVX-512), so it
-is measured once per CPU, CTranslate2 version and model, and kept in the cache
-(:func:`fastest_cpu_decoder`).
+"auto" on the CPU gives, with the ct2 engine, a bfloat16 encoder where the processor
+computes bfloat16 natively (AVX512-BF16 or AMX: faster there, and tags move little;
+docs/performance.md) and a float32 one elsewhere (emulated bfloat16 is
+slower than float32; :func:`auto_cpu_encoder`), and the faster of CTranslate2's float32
+and int8 decoders on this CPU: which one wins depends on the processor (int8 was 2x
+faster on an Intel CPU with AMX, 20% slower on an AMD EPYC with AVX-512), so it is
+measured once per CPU, CTranslate2 version and model, and kept in the cache
+(:func:`fastest_cpu_decoder`). The torch engine keeps a float32 encoder (openai-whisper
+decodes in float32 or float16 only).
 
 int8 for the encoder is PyTorch's dynamic quantization: the weights of ``nn.Linear``
 layers are stored in int8 and their inputs quantized on the fly; the attention's
@@ -47,9 +51,11 @@ from .cache import cache_dir
 
 __all__ = [
     "CPU_DECODER_ENV",
+    "CPU_ENCODER_ENV",
     "PRECISIONS",
     "Precision",
     "PrecisionError",
+    "auto_cpu_encoder",
     "cpu_model_and_flags",
     "fastest_cpu_decoder",
     "quantize_int8",
@@ -60,8 +66,10 @@ logger = logging.getLogger("whisper_at")
 
 PRECISIONS = ("float32", "float16", "bfloat16", "int8")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# what "auto" gives each device: (encoder, decoder)
+# what "auto" gives each device before the CPU's own checks: (encoder, decoder)
 _AUTO = {"cpu": ("float32", "float32"), "cuda": ("float16", "float16")}
+# /proc/cpuinfo flags of x86 CPUs whose bfloat16 matrix products run in hardware
+_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 class PrecisionError(ValueError):
@@ -108,6 +116,9 @@ def resolve_precision(
     """
     auto_encoder, auto_decoder = _AUTO[device.type]
     named = precision if isinstance(precision, str) else ""
+    encoder_auto = named == "auto" or named.startswith("auto:")
+    if encoder_auto and engine == "ct2" and device.type == "cpu":
+        auto_encoder = auto_cpu_encoder()
     decoder_auto = named == "auto" or named.endswith(":auto")  # measure only when asked for
     if decoder_auto and engine == "ct2" and device.type == "cpu" and ct2_dir is not None:
         auto_decoder = fastest_cpu_decoder(ct2_dir)
@@ -130,9 +141,30 @@ def resolve_precision(
     return wanted
 
 
+CPU_ENCODER_ENV = "WHISPER_AT_CPU_ENCODER"  # pins "auto"'s CPU encoder: float32 or bfloat16
 CPU_DECODER_ENV = "WHISPER_AT_CPU_DECODER"  # pins "auto"'s CPU decoder: float32 or int8
 # int8 must beat float32 (exact against plain faster-whisper) by this much to be chosen
 _INT8_MARGIN = 0.85
+
+
+def auto_cpu_encoder() -> str:
+    """ "bfloat16" where this CPU multiplies bfloat16 in hardware, else "float32".
+
+    Read from the instruction-set flags rather than timed: the encoder of a large model
+    takes tens of seconds per window on a small CPU, too long to measure at first use,
+    and the flags decide the outcome (native bfloat16 is much faster than float32,
+    emulated bfloat16 slower).
+    ``WHISPER_AT_CPU_ENCODER=float32`` (or ``bfloat16``) pins the choice: float32 gives
+    tags equal to the float32 training features and transcripts equal to plain
+    faster-whisper's.
+    """
+    pinned = os.environ.get(CPU_ENCODER_ENV)
+    if pinned:
+        if pinned not in ("float32", "bfloat16"):
+            raise PrecisionError(f"{CPU_ENCODER_ENV}={pinned!r}: use float32 or bfloat16")
+        return pinned
+    _, flags = cpu_model_and_flags()
+    return "bfloat16" if _NATIVE_BF16_FLAGS.intersection(flags) else "float32"
 
 
 def fastest_cpu_decoder(ct2_dir: str | os.PathLike) -> str:
