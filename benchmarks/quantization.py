@@ -10,9 +10,17 @@ audio and weights:
   text (the LibriVox clips and the Asterisk prompts), greedy;
 - tags: on the corpus's test clips with speech over sounds, the largest probability
   difference from float32 of any class in any 10 s window, and how often the top tag
-  and the top-3 set agree.
+  and the top-3 set agree;
+- with ``--held-out MANIFEST``: what the changes do to accuracy where it matters, on the
+  clips of the packages the head was trained without (its config's
+  ``held_out_sources``), each tagged on its own as a user's file would be: mAP over the
+  classes the head reports that have positives there, and the top-1 / top-3 hit rates.
+
+The timings share one process and its thread pools between four models, so they are
+indicative only; ``transcribe_speed.py`` (one process per contender) is the speed measure.
 
     python benchmarks/quantization.py --corpus DIR [--model tiny.en] [--minutes 3]
+        [--held-out CORPUS4/manifest.jsonl]
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import whisper_at
 from whisper_at.audio import load_audio
 from whisper_at_research.analysis.wer import wer
 from whisper_at_research.corpus.speech import asterisk_prompts, librivox_clips
+from whisper_at_research.training import tagging_metrics
 
 
 def main() -> None:
@@ -38,11 +47,14 @@ def main() -> None:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--held-out", type=Path, help="corpus manifest: also score the head's held-out packages"
+    )
     args = parser.parse_args()
     audio = speech_over_sounds(args.corpus, args.minutes)
     seconds = len(audio) / 16000
     models = {
-        "float32": whisper_at.load_model(args.model, device="cpu"),
+        "float32": whisper_at.load_model(args.model, device="cpu", precision="float32"),
         "int8 decoder": whisper_at.load_model(args.model, device="cpu", precision="float32:int8"),
         "int8": whisper_at.load_model(args.model, device="cpu", precision="int8"),
         "bf16 encoder": whisper_at.load_model(
@@ -90,6 +102,39 @@ def main() -> None:
         print(f"tags, {precision}, over {len(a)} windows of 10 s: max |probability difference| "
               f"{(a - b).abs().max().item():.4f}, mean {(a - b).abs().mean().item():.5f}; "
               f"top-1 agrees {top1:.1%}, top-3 set agrees {top3:.1%}")  # fmt: skip
+    if args.held_out:
+        held_out_accuracy(models, args.held_out)
+
+
+def held_out_accuracy(models: dict[str, whisper_at.WhisperAT], manifest: Path) -> None:
+    """mAP and top-k hits of every precision's tags on the head's held-out packages."""
+    from whisper_at_research.training import read_manifest
+    from whisper_at_research.training.evaluate import top_k_hits
+    from whisper_at_research.training.manifest import label_indices
+
+    head = models["float32"].head
+    held = set(head.config.held_out_sources or [])
+    if not held:
+        raise SystemExit(f"{head.source}: the head records no held-out packages")
+    clips = [c for c in read_manifest(manifest) if held & set(c.sources)]
+    targets = np.zeros((len(clips), head.config.n_classes))
+    for row, indices in enumerate(label_indices(clips, head.config.labels)):
+        targets[row, indices] = 1
+    reported = head.config.reported_classes
+    scored = [c for c in reported if targets[:, c].any()]
+    audio = [clip_audio(c.path, c.start, c.end) for c in clips]
+    for precision, model in models.items():
+        scores = np.stack([model.tag(a).probabilities.max(0).values.numpy() for a in audio])
+        metrics = tagging_metrics(targets, scores, scored)
+        hits = top_k_hits(targets, scores, reported, ks=(1, 3))
+        print(f"held-out packages, {precision}: {len(clips)} clips, mAP {metrics.mAP:.3f} "
+              f"over {len(scored)} classes, top-1 hit {hits['1']:.3f}, "
+              f"top-3 hit {hits['3']:.3f}")  # fmt: skip
+
+
+def clip_audio(path: str, start: float, end: float | None) -> np.ndarray:
+    audio = load_audio(path)
+    return audio[int(start * 16000) : None if end is None else int(end * 16000)]
 
 
 if __name__ == "__main__":

@@ -120,6 +120,34 @@ def _clip(row: object, where: str, base: Path) -> Clip:
     )
 
 
+PlacedEvent = tuple[float, float, tuple[int, ...]]  # start s, end s, class indices
+
+
+def placed_events(path: str | os.PathLike, clip_ids: list[str]) -> dict[str, list[PlacedEvent]]:
+    """Per clip, where ``whisper-at corpus build`` placed each recording in it (seconds
+    from the clip's start) and the recording's classes (AudioSet indices, parents
+    included): the clip's strong labels, for event evaluation and crop training."""
+    clips = read_manifest(path)
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    by_id = {clip.id: row for clip, row in zip(clips, rows, strict=True)}
+    missing = [i for i in clip_ids if i not in by_id]
+    if missing:
+        raise ManifestError(f"{len(missing)} clips are not in {path}: {missing[:3]}")
+    placed: dict[str, list[PlacedEvent]] = {}
+    for clip_id in clip_ids:
+        if "events" not in by_id[clip_id]:
+            raise ManifestError(
+                f"{path}: clip {clip_id} records no event placement (manifests of "
+                "`whisper-at corpus build` do)"
+            )
+        placed[clip_id] = [
+            (float(e["start"]), float(e["end"]), tuple(e["labels"]))
+            for e in by_id[clip_id]["events"]
+        ]
+    return placed
+
+
 def manifest_hash(clips: list[Clip], labels: LabelSet) -> str:
     """Identifies what a feature store was made from: the clips and the label set."""
     data = {"clips": [asdict(c) for c in clips], "labels": list(labels.ids)}

@@ -44,7 +44,7 @@ from whisper_at.pipeline import shipped_head_path
 from whisper_at.tagging import BIN_SECONDS, EventTrack, TaggingResult, TrackOptions
 
 from .features import FeatureStoreError, load_features
-from .manifest import read_manifest
+from .manifest import placed_events
 
 logger = logging.getLogger("whisper_at")
 
@@ -91,26 +91,14 @@ def reference_events(
     """Per clip, its placed events as ``(onset, offset, label)`` for the given classes;
     overlapping or touching events of one label are joined (a sound repeated over itself
     is one occurrence)."""
-    clips = read_manifest(manifest)
-    with open(manifest, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    by_id = {clip.id: row for clip, row in zip(clips, rows, strict=True)}
-    missing = [i for i in clip_ids if i not in by_id]
-    if missing:
-        raise FeatureStoreError(f"{len(missing)} store clips are not in {manifest}: {missing[:3]}")
     names = dict(enumerate(labels.names))
     reference: Reference = {}
-    for clip_id in clip_ids:
-        if "events" not in by_id[clip_id]:
-            raise FeatureStoreError(
-                f"{manifest}: clip {clip_id} records no event placement (manifests of "
-                "`whisper-at corpus build` do)"
-            )
+    for clip_id, events in placed_events(manifest, clip_ids).items():
         spans: dict[int, list[tuple[float, float]]] = {}
-        for event in by_id[clip_id]["events"]:
-            for c in event["labels"]:
+        for start, end, event_classes in events:
+            for c in event_classes:
                 if c in classes:
-                    spans.setdefault(c, []).append((event["start"], event["end"]))
+                    spans.setdefault(c, []).append((start, end))
         reference[clip_id] = [
             (onset, offset, names[c])
             for c, found in sorted(spans.items())

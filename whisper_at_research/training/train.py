@@ -11,6 +11,13 @@ weights of the last epochs averaged. For runs shorter than the paper's 30 epochs
 the schedule is scaled: decay starts at round(epochs / 2) and steps every
 round(epochs / 6) epochs (at least 1); by default the epochs after the decay start
 are averaged (15 of 30 in the paper's setting).
+
+Beyond the paper, ``crop_seconds`` also trains on short crops of the clips, labelled
+from where the corpus builder placed each recording (the manifest's events): the 10 s
+labels say a clip holds speech, not which of its bins do, and a head trained on them
+alone tags the silence next to a sentence as speech, because Whisper's encoder spreads
+what it heard over the whole window. The runtime's event track reads 2 s windows
+(docs/events.md), so crops of that length teach the head what such a window holds.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
 from whisper_at.heads import HEAD_TYPES, HeadConfig, TaggingHead, save_head
+from whisper_at.tagging import BIN_SECONDS
 
 from .augment import view_base_id
 from .features import ENCODER_INPUT_SECONDS, FeatureSet, FeatureStoreError, load_features
+from .manifest import PlacedEvent, placed_events
 from .metrics import tagging_metrics
 from .source_split import SPLIT_SCHEMES, with_scheme
 
@@ -72,6 +81,8 @@ class TrainOptions:
     # heads trained on different corpora are judged on the same unseen packages
     held_out_sources: tuple[str, ...] | None = None
     augmented: tuple[str, ...] = ()  # views stores (features extract --augment) added to train
+    crop_seconds: float | None = None  # also train on crops this long, with strong targets
+    crop_batches: float = 0.5  # the share of batches made of crops (with crop_seconds)
     device: str = "cpu"
     progress: bool = True
 
@@ -92,6 +103,12 @@ class TrainOptions:
             raise ValueError(f"split_scheme must be one of {SPLIT_SCHEMES}")
         if self.held_out_sources is not None and self.split_scheme != "source":
             raise ValueError('held_out_sources needs split_scheme="source"')
+        if self.crop_seconds is not None:
+            bins = self.crop_seconds / BIN_SECONDS
+            if self.crop_seconds <= 0 or abs(bins - round(bins)) > 1e-6:
+                raise ValueError(f"crop_seconds must be a multiple of {BIN_SECONDS} s")
+            if not 0 < self.crop_batches <= 1:
+                raise ValueError("crop_batches must be in (0, 1]")
 
 
 def lr_schedule(epochs: int, start: int | None = None, step: int | None = None) -> tuple[int, int]:
@@ -130,10 +147,64 @@ def sample_weights(targets: torch.Tensor) -> torch.Tensor:
     return weights.double()
 
 
-def augment(
-    x: torch.Tensor, y: torch.Tensor, opts: TrainOptions, rng: np.random.Generator
+def bin_targets(events: list[PlacedEvent], n_bins: int, n_classes: int) -> torch.Tensor:
+    """``[n_bins, n_classes]`` bool: the classes heard in each 0.4 s bin of a clip.
+
+    A bin carries an event's classes when the event covers half of it, or half of the
+    event when the event is shorter than a bin (a click must still count).
+    """
+    targets = torch.zeros(n_bins, n_classes, dtype=torch.bool)
+    for start, end, classes in events:
+        needed = min(BIN_SECONDS, end - start) / 2
+        first = max(0, math.floor(start / BIN_SECONDS))
+        for b in range(first, min(n_bins, math.ceil(end / BIN_SECONDS))):
+            overlap = min(end, (b + 1) * BIN_SECONDS) - max(start, b * BIN_SECONDS)
+            if overlap >= needed - 1e-9:  # exactly half counts, whatever the rounding
+                targets[b, list(classes)] = True
+    return targets
+
+
+def strong_targets(data: FeatureSet) -> torch.Tensor:
+    """``[n_clips, bins, n_classes]`` bool :func:`bin_targets` of every clip, from the
+    manifest the store was extracted from. A view takes its clip's; a class of the clip's
+    labels that no placed event carries (speech an augmentation laid over a view) is
+    marked on every bin."""
+    manifest = data.meta.get("manifest")
+    if not data.labels.is_audioset:
+        raise FeatureStoreError("crop training needs the AudioSet label set of a corpus build")
+    if not manifest or not Path(manifest).is_file():
+        raise FeatureStoreError(
+            f"crop training reads the placed events of the store's manifest, {manifest!r}, "
+            "which is not there"
+        )
+    base_ids = [view_base_id(i) for i in data.ids]
+    events = placed_events(manifest, sorted(set(base_ids)))
+    n_bins, n_classes = data.features.shape[2], data.targets.shape[1]
+    per_clip = {i: bin_targets(e, n_bins, n_classes) for i, e in events.items()}
+    strong = torch.stack([per_clip[i] for i in base_ids])
+    unplaced = (data.targets > 0) & ~strong.any(dim=1)
+    return strong | unplaced[:, None, :]
+
+
+def crop(
+    x: torch.Tensor, strong: torch.Tensor, bins: int, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label smoothing, mixup and time masking of one batch (x float [b, L, T, d])."""
+    """A random ``bins``-long crop of every clip of a batch, with the classes heard in it."""
+    starts = rng.integers(0, x.shape[2] - bins + 1, x.shape[0])
+    xs = torch.stack([clip[:, s : s + bins] for clip, s in zip(x, starts, strict=True)])
+    ys = torch.stack([t[s : s + bins].any(dim=0) for t, s in zip(strong, starts, strict=True)])
+    return xs, ys.float()
+
+
+def augment(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    opts: TrainOptions,
+    rng: np.random.Generator,
+    time_mask: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label smoothing, mixup and time masking of one batch (x float [b, L, T, d]); crops
+    are not masked (a mask could hide the only bins their targets come from)."""
     b, _, t, _ = x.shape
     n_classes = y.shape[1]
     eps = opts.label_smoothing
@@ -145,7 +216,7 @@ def augment(
         lam = torch.where(mixed, lam, torch.ones_like(lam))
         x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
         y = lam[:, None] * y + (1 - lam[:, None]) * y[partner]
-    if opts.time_mask > 0:
+    if time_mask and opts.time_mask > 0:
         width = torch.from_numpy(rng.integers(0, min(opts.time_mask, t) + 1, b))
         start = torch.from_numpy(np.floor(rng.random(b) * (t - width.numpy() + 1)).astype(int))
         frames = torch.arange(t)[None]
@@ -380,6 +451,8 @@ def _train(
     n_clips = len(train)  # one epoch: this many samples, with or without views
     train, views = add_views(train, opts.augmented, source.held_out if source else ())
     trained = [int(c) for c in torch.nonzero(train.targets.sum(dim=0) > 0).flatten()]
+    strong = strong_targets(train) if opts.crop_seconds else None
+    crop_bins = round(opts.crop_seconds / BIN_SECONDS) if opts.crop_seconds else 0
     if not trained:
         raise ValueError("no training clip has a label: nothing to learn")
     lr = opts.lr if opts.lr is not None else default_lr(opts.head_type, meta["n_layer"])
@@ -454,7 +527,12 @@ def _train(
             idx = order[b : b + opts.batch_size]
             x = train.features[idx].float()
             y = train.targets[idx].float()
-            x, y = augment(x, y, opts, rng)  # the global batch: the same draws on every rank
+            # the global batch: the same draws on every rank
+            if strong is not None and rng.random() < opts.crop_batches:
+                x, y = crop(x, strong[idx], crop_bins, rng)
+                x, y = augment(x, y, opts, rng, time_mask=False)
+            else:
+                x, y = augment(x, y, opts, rng)
             if ranks.world_size == 1:
                 logits = head(x.to(opts.device))
                 loss = F.binary_cross_entropy_with_logits(logits, y.to(opts.device))

@@ -1,0 +1,179 @@
+"""Crop training with strong targets: the manifest's placed events label short crops.
+
+Real tiny.en features of real speech (LibriVox) placed in the first seconds of a clip
+and silence after it, beside generated sine clips: a head trained on the 10 s labels
+alone calls the silence speech (the encoder spreads what it heard over its window);
+crops of 2 s labelled from the placements teach it which bins hold the speech.
+"""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from whisper_at.audio import load_audio
+from whisper_at.labels import audioset_labels
+from whisper_at.tagging import EventTrack, TrackOptions
+from whisper_at.weights import load_whisper
+from whisper_at_research.training import FeatureStoreError, extract_features, train_head
+from whisper_at_research.training.cli import train_main
+from whisper_at_research.training.train import bin_targets, crop, strong_targets
+
+SR = 16000
+LABELS = audioset_labels()
+SPEECH, SINE = LABELS.index("Speech"), LABELS.index("Sine wave")
+SPEECH_SECONDS = 3.0  # speech in [0, 3) s of every speech clip, silence after
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bin_targets_mark_the_bins_an_event_covers():
+    events = [(0.5, 1.7, (SPEECH,)), (3.05, 3.15, (SINE,)), (3.7, 3.9, (SINE,))]
+    targets = bin_targets(events, n_bins=25, n_classes=len(LABELS))
+    # 0.5-1.7 s covers bin 1 (0.4-0.8) by 0.3 s, bins 2-3 whole, bin 4 (1.6-2.0) by 0.1 s
+    assert torch.nonzero(targets[:, SPEECH]).flatten().tolist() == [1, 2, 3]
+    # a 0.1 s click counts in the bin holding it; 3.7-3.9 s lies in bin 9 alone
+    assert torch.nonzero(targets[:, SINE]).flatten().tolist() == [7, 9]
+    assert targets.sum() == 5
+
+
+def test_a_crop_carries_the_classes_heard_in_it():
+    x = torch.arange(2 * 1 * 25 * 1, dtype=torch.float32).reshape(2, 1, 25, 1)
+    strong = torch.zeros(2, 25, 3, dtype=torch.bool)
+    strong[0, 0:3, 0] = True  # class 0 in the first 1.2 s of clip 0
+    strong[1, 20:25, 1] = True  # class 1 in the last 2 s of clip 1
+    xs, ys = crop(x, strong, bins=5, rng=np.random.default_rng(0))
+    starts = [int(xs[i, 0, 0, 0] - x[i, 0, 0, 0]) for i in range(2)]
+    assert xs.shape == (2, 1, 5, 1)
+    for i, start in enumerate(starts):
+        torch.testing.assert_close(xs[i], x[i, :, start : start + 5])
+    assert ys[0].tolist() == [float(starts[0] < 3), 0.0, 0.0]
+    assert ys[1].tolist() == [0.0, float(starts[1] + 5 > 20), 0.0]
+
+
+def write_wav(path: Path, x: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, librivox_clips):
+    """24 train clips (12 speech-then-silence, 12 sine), 4 valid, 6 test speech clips."""
+    folder = tmp_path_factory.mktemp("crop-clips")
+    rng = np.random.default_rng(1)
+    voices = np.concatenate([load_audio(c.path) for c in librivox_clips])
+    n_speech = int(SPEECH_SECONDS * SR)
+    rows = []
+    for split, n in (("train", 12), ("valid", 2), ("test", 3)):
+        for k in range(n):
+            start = int(rng.integers(0, voices.size - n_speech))
+            speech = np.zeros(10 * SR)
+            speech[:n_speech] = voices[start : start + n_speech]
+            t = np.arange(10 * SR) / SR
+            sine = 0.3 * np.sin(2 * np.pi * rng.uniform(300, 2000) * t)
+            for kind, audio, label, end in (
+                ("speech", speech, SPEECH, SPEECH_SECONDS),
+                ("sine", sine, SINE, 10.0),
+            ):
+                if split == "test" and kind == "sine":
+                    continue
+                path = write_wav(folder / f"{split}-{kind}-{k}.wav", audio)
+                event = {"start": 0.0, "end": end, "labels": [label]}
+                rows.append(
+                    {
+                        "path": path.name,
+                        "labels": [label],
+                        "split": split,
+                        "events": [event],
+                        "recording": path.stem,
+                    }  # fmt: skip
+                )
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path_factory.mktemp("crop-store") / "features"
+    extract_features(load_whisper("tiny.en"), manifest, out, batch_size=3, progress=False)
+    return manifest, out
+
+
+def speech_track(head, features: Path) -> torch.Tensor:
+    """Speech probability per 0.4 s bin of every test clip, as the runtime's default
+    event track (2 s sliding windows) computes it: ``[clips, 25]``."""
+    from whisper_at_research.training import load_features
+
+    tracks = []
+    for clip in load_features(features, splits=["test"]).features:
+        track = EventTrack(head, TrackOptions("sliding", 2.0))
+        track.add(clip.transpose(0, 1).float())
+        tracks.append(torch.sigmoid(track.finish()[:, SPEECH]))
+    return torch.stack(tracks)
+
+
+def test_crops_keep_speech_out_of_the_silence_after_it(store, tmp_path):
+    _, features = store
+    # a linear head: on 24 clips it learns in a few hundred steps (TL-TR needs thousands)
+    common = {"epochs": 60, "lr": 1e-3, "batch_size": 8, "mixup": 0.0, "progress": False}
+    clip_level = train_head(features, "mean_linear", out=tmp_path / "clip.safetensors", **common)
+    cropped = train_head(
+        features, "mean_linear", out=tmp_path / "crop.safetensors", crop_seconds=2.0, **common
+    )
+    speech_bins = slice(1, 6)  # 0.4-2.4 s: inside the speech
+    # 4.8-8 s: 1.8 s and more after the speech ended, and 2 s and more before the clip's end
+    # (the store packs three clips per encoder window: the next clip's speech is near)
+    silent_bins = slice(12, 20)
+    before = speech_track(clip_level.head, features)
+    after = speech_track(cropped.head, features)
+    # trained on 10 s labels, the head hears speech in that silence (measured 0.78-0.95)
+    assert before[:, silent_bins].min() > 0.7
+    # trained on crops labelled from the placements, it does not (measured 0.35-0.44)
+    assert after[:, silent_bins].max() < 0.5
+    assert after[:, speech_bins].min() > 0.8  # and still hears the speech (0.85-0.93)
+    curves = json.loads((tmp_path / "crop.safetensors.curves.json").read_text())
+    assert curves["options"]["crop_seconds"] == 2.0
+
+
+def test_strong_targets_follow_the_placements_and_spread_unplaced_classes(store):
+    from whisper_at_research.training import load_features
+
+    _, features = store
+    data = load_features(features, splits=["train"])
+    speech_clip = next(i for i, x in enumerate(data.ids) if "-speech-" in x)
+    data.targets[speech_clip, LABELS.index("Music")] = 1  # a class no event carries
+    strong = strong_targets(data)
+    assert strong.shape == (len(data), 25, len(LABELS))
+    # speech placed in [0, 3) s: bins 0-6 (bin 7, 2.8-3.2 s, is covered by 0.2 s: half)
+    assert torch.nonzero(strong[speech_clip, :, SPEECH]).flatten().tolist() == list(range(8))
+    assert strong[speech_clip, :, LABELS.index("Music")].all()
+    sine_clip = next(i for i, x in enumerate(data.ids) if "-sine-" in x)
+    assert strong[sine_clip, :, SINE].all() and strong[sine_clip].sum() == 25
+
+
+def test_crop_training_needs_the_placed_events(store, tmp_path, capsys):
+    manifest, features = store
+    moved = tmp_path / "features"
+    moved.mkdir()
+    for f in features.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((moved / "meta.json").read_text())
+    meta["manifest"] = str(tmp_path / "gone.jsonl")
+    (moved / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(FeatureStoreError, match="placed events of the store's manifest"):
+        train_head(moved, out=tmp_path / "x.safetensors", epochs=1, crop_seconds=2.0)
+    out = tmp_path / "bad.safetensors"
+    assert train_main([str(features), "--out", str(out), "--crop-seconds", "1.0"]) == 1
+    assert "crop_seconds must be a multiple of 0.4 s" in capsys.readouterr().err
+    assert not out.exists()
