@@ -123,6 +123,24 @@ def test_windows_are_placed_alike_by_their_address_and_by_their_content(long_spe
     assert by_content.locate(torch.zeros_like(window)) is None  # not from this file
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_full_windows_are_placed_by_address_whatever_the_encoder_computes_in(
+    precision, long_speech, monkeypatch
+):
+    # the tap casts for the encoder, so a bf16 encoder's windows stay views of the log-mel
+    model = whisper_at.load_model("tiny.en", device="cpu", precision=f"{precision}:float32")
+    located, searched = [], []
+    locate, search = WindowLocator.locate, WindowLocator._search
+    monkeypatch.setattr(
+        WindowLocator, "locate", lambda self, w: located.append(1) or locate(self, w)
+    )
+    monkeypatch.setattr(
+        WindowLocator, "_search", lambda self, *a, **k: searched.append(1) or search(self, *a, **k)
+    )
+    model.transcribe(long_speech, temperature=0.0, beam_size=1)
+    assert len(located) >= 4 and len(searched) <= 1, (located, searched)  # the padded last one
+
+
 def test_temperature_fallback_does_not_encode_again(model, speech):
     # a compression-ratio threshold of 0 makes every temperature fail and fall back
     _, audio = speech[0]

@@ -10,6 +10,7 @@ from whisper_at.labels import LabelSet, audioset_labels
 from whisper_at.pipeline import WhisperAT, load_model
 from whisper_at.tagging import (
     AUTO_THRESHOLD_FALLBACK,
+    HEAD_BATCH_BINS,
     AudioTooShortError,
     TagAccumulator,
     TaggingResult,
@@ -83,15 +84,21 @@ def test_bins_sit_on_the_absolute_grid_whatever_the_windows(passes):
     assert torch.equal(head.windows[0][1] - head.windows[0][0], torch.full((25, 1), 1000.0))
 
 
-def test_windows_are_tagged_as_soon_as_complete():
-    head = RecordingHead()
-    acc = TagAccumulator(head, at_time_res=2.0)
-    acc.add_pass(frame_index_layers(0), 0, 3000)
-    assert len(head.windows) == 15  # 30 s of 2 s windows, before any finish()
-    acc.add_pass(frame_index_layers(3000), 3000, 130)  # 1.3 s more: one partial window
-    assert len(head.windows) == 15
-    assert acc.finish().shape == (16, 1)
+def test_windows_are_tagged_in_batches_and_memory_stays_bounded():
+    head, calls = RecordingHead(), []
+    acc = TagAccumulator(lambda x: calls.append(len(x)) or head(x), at_time_res=2.0)
+    for k in range(2):  # 60 s = 150 bins: under HEAD_BATCH_BINS, nothing is run yet
+        acc.add_pass(frame_index_layers(3000 * k), 3000 * k, 3000)
+    assert HEAD_BATCH_BINS == 200 and calls == []
+    acc.add_pass(frame_index_layers(6000), 6000, 3000)  # 225 bins: 45 windows at once
+    assert calls == [45]
+    for k in range(3, 8):  # 2.5 more minutes: a batch whenever 200 bins are complete
+        acc.add_pass(frame_index_layers(3000 * k), 3000 * k, 3000)
+    acc.add_pass(frame_index_layers(24000), 24000, 130)  # 1.3 s more: one partial window
+    assert acc.finish().shape == (121, 1)  # 4 min in 2 s windows, and the partial one
+    assert calls == [45, 45, 30, 1] and sum(calls) == 121
     assert head.windows[-1].shape == (2, 4, 1)  # 1.3 s -> 3 full bins + a 0.1 s bin
+    torch.testing.assert_close(torch.cat([w[0, :, 0] for w in head.windows]), expected_bins(24130))
 
 
 def make_result(logits, labels=None, res=2.0, duration=None, **extra):

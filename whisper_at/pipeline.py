@@ -607,7 +607,7 @@ class WhisperAT:
 
         def encode_batch() -> None:
             mels = torch.stack([window_log_mel(window, n_mels) for _, window, _ in batch])
-            mels = mels.to(self.device, self.encoder_dtype)
+            mels = mels.to(self.device)  # the tap casts to the encoder's dtype
             with torch.inference_mode():
                 if stop_early:
                     all_layers = self.tap.first_layers(mels, deepest)

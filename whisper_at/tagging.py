@@ -183,6 +183,37 @@ class EventTrack:
         self._first = keep
 
 
+# pooled bins (0.4 s each) gathered before the head runs on their windows: bounds memory
+# on long audio while the head runs in batches (cheaper per window than one at a time)
+HEAD_BATCH_BINS = 200
+
+
+def bin_sums(frames: torch.Tensor, first_frame: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Sums per 0.4 s bin of consecutive encoder frames ``[n_layer, n, d]`` that start at
+    absolute frame ``first_frame``: (the first bin's index, float32 sums ``[n_bins,
+    n_layer, d]``, frame counts ``[n_bins]``). The whole bins in the middle take one
+    reshape; a partial bin at either end is summed on its own (a window that starts or
+    ends mid-bin shares that bin with its neighbour)."""
+    per_bin = ENCODER_FRAMES_PER_BIN
+    n_layer, n, d = frames.shape
+    lead = min(n, -first_frame % per_bin)
+    body = (n - lead) // per_bin
+    tail = n - lead - body * per_bin
+    parts, counts = [], []
+    if lead:
+        parts.append(frames[:, :lead].sum(dim=1, dtype=torch.float32)[None])
+        counts.append(lead)
+    if body:
+        whole = frames[:, lead : lead + body * per_bin].reshape(n_layer, body, per_bin, d)
+        parts.append(whole.sum(dim=2, dtype=torch.float32).transpose(0, 1))
+        counts += [per_bin] * body
+    if tail:
+        parts.append(frames[:, n - tail :].sum(dim=1, dtype=torch.float32)[None])
+        counts.append(tail)
+    counted = torch.tensor(counts, dtype=torch.float32, device=frames.device)
+    return first_frame // per_bin, torch.cat(parts), counted
+
+
 class TagAccumulator:
     """Collects encoder passes for one audio stream and runs the head window by window."""
 
@@ -222,13 +253,11 @@ class TagAccumulator:
         skip = self._covered - start
         if skip >= n_valid:
             return
-        frames = layers[:, skip:n_valid].transpose(0, 1).float()  # [n, n_layer, d]
-        absolute = torch.arange(self._covered, start + n_valid, device=frames.device)
-        bins = absolute // ENCODER_FRAMES_PER_BIN
-        self._grow(int(bins[-1]) + 1, frames)
-        local = bins - self._first_bin
-        self._sums.index_add_(0, local, frames)
-        self._counts.index_add_(0, local, torch.ones_like(local, dtype=self._counts.dtype))
+        first_bin, sums, counts = bin_sums(layers[:, skip:n_valid], self._covered)
+        self._grow(first_bin + len(counts), sums)
+        local = slice(first_bin - self._first_bin, first_bin - self._first_bin + len(counts))
+        self._sums[local] += sums
+        self._counts[local] += counts
         self._covered = start + n_valid
         self._emit(complete_bins=self._covered // ENCODER_FRAMES_PER_BIN)
 
@@ -260,9 +289,12 @@ class TagAccumulator:
             self._counts = torch.cat([self._counts, more_counts])
 
     def _emit(self, complete_bins: int, final: bool = False) -> None:
-        """Run the head on every window whose bins are all complete."""
+        """Run the head on every window whose bins are all complete, once there are
+        HEAD_BATCH_BINS of them (one larger batch costs less than several small ones)."""
         k = self.window_bins
         ready = (complete_bins - self._first_bin) // k
+        if not final and ready * k < HEAD_BATCH_BINS:
+            return
         if final and self._pending_bins() > ready * k:
             ready += 1  # the last window of the file, possibly shorter
         if ready == 0 or self._sums is None:

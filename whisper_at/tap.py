@@ -48,6 +48,9 @@ class EncoderTap(nn.Module):
         self.last_pass: EncoderPass | None = None
         self.n_passes = 0  # real encoder runs, for tests and benchmarks
         self.keep_stem = False  # also keep the conv stem's output (the analyses' layer 0)
+        # what the encoder computes in (None: the input's dtype). The input is kept as given,
+        # so a float32 log-mel window stays a view that the engines can place by address
+        self.compute_dtype: torch.dtype | None = None
         self._block_outputs: list[torch.Tensor] = []
         self._stem: torch.Tensor | None = None
         self._stop_after: int | None = None
@@ -75,7 +78,7 @@ class EncoderTap(nn.Module):
             return last.output
         self._block_outputs = []
         try:
-            output = self.encoder(mel)
+            output = self.encoder(self._as_computed(mel))
             layers = torch.stack(self._block_outputs, dim=1)
         finally:
             self._block_outputs = []
@@ -92,7 +95,7 @@ class EncoderTap(nn.Module):
         a pass decoding could use, so it is neither remembered nor announced."""
         self._block_outputs, self._stop_after = [], n_layers
         try:
-            self.encoder(mel)
+            self.encoder(self._as_computed(mel))
         except _EnoughLayers:
             pass
         finally:
@@ -100,6 +103,9 @@ class EncoderTap(nn.Module):
             self._stem = None
         self.n_passes += 1
         return torch.stack(layers, dim=1)
+
+    def _as_computed(self, mel: torch.Tensor) -> torch.Tensor:
+        return mel if self.compute_dtype is None else mel.to(self.compute_dtype)
 
     def forget(self) -> None:
         """Drop the remembered pass (between files, so memory is not held)."""

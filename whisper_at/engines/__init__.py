@@ -92,6 +92,7 @@ def resolve_engine(name: str, loaded: LoadedWhisper) -> str:
 def make_engine(name: str, loaded: LoadedWhisper, tap: EncoderTap, precision: Precision) -> Engine:
     """The engine ``name`` (or "auto") over ``tap``, computing in ``precision``
     (see :func:`whisper_at.precision.resolve_precision`)."""
+    tap.compute_dtype = precision.encoder_dtype
     name = resolve_engine(name, loaded)
     if name == "torch":
         from .openai_whisper import OpenAIWhisperEngine

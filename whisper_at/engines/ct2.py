@@ -207,14 +207,12 @@ class TappedWhisperModel(WhisperModel):
         model_dir: str,
         tap: EncoderTap,
         torch_device: torch.device,
-        encoder_dtype: torch.dtype,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_dir, **kwargs)
         self.feature_extractor = SharedFeatureExtractor(**self.feat_kwargs)
         self.tap = tap
         self.torch_device = torch_device
-        self.encoder_dtype = encoder_dtype
         self._encoded: torch.Tensor | np.ndarray | None = None  # memory the StorageView reads
         self._detecting = False  # inside faster-whisper's language detection
         self._unplaced: EncoderPass | None = None  # its pass, not handed to the tagger yet
@@ -239,7 +237,7 @@ class TappedWhisperModel(WhisperModel):
         return ctranslate2.StorageView.from_array(self._encoded)
 
     def _encode_and_tag(self, features: np.ndarray) -> torch.Tensor:
-        mel = torch.from_numpy(features).to(self.torch_device, self.encoder_dtype)
+        mel = torch.from_numpy(features).to(self.torch_device)  # the tap casts it
         tap, listener, passes = self.tap, self.tap.listener, self.tap.n_passes
         if self._detecting:  # the tagger takes the windows that decoding encodes
             tap.listener = None
@@ -293,7 +291,6 @@ class CTranslate2Engine:
             str(loaded.ct2_dir),
             tap,
             device,
-            precision.encoder_dtype,
             device="cuda" if device.type == "cuda" else "cpu",
             device_index=device.index or 0,
             compute_type=self.compute_type,
@@ -324,7 +321,7 @@ class CTranslate2Engine:
         if on_window is not None:
             # the same features faster-whisper computes (and slices its windows from)
             features = self.model.feature_extractor.share(samples)
-            mel = torch.from_numpy(features).to(self.model.encoder_dtype).float()  # as encoded
+            mel = torch.from_numpy(features)  # its windows are views into it, as encoded
             locator = WindowLocator(mel, features.shape[-1] - 1)
             listener = locator.listener(on_window, LIBRARY)
         return self._decode(
