@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import write_wav
 
 from whisper_at.audio import SAMPLE_RATE, load_audio
 from whisper_at.weights import load_whisper
@@ -140,26 +140,17 @@ def test_plans_are_seeded_and_rendering_is_deterministic(male, female):
     assert not np.array_equal(a.render(x, plan), x)
 
 
-def write_wav(path: Path, x: np.ndarray) -> str:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-    return path.name
-
-
 def test_speech_over_views_carry_the_speech_label_and_only_train_clips_get_views(
     tmp_path, male, female
 ):
     rng = np.random.default_rng(0)
     noise = [0.05 * rng.standard_normal(10 * SAMPLE_RATE) for _ in range(3)]
     rows = [
-        {"path": write_wav(tmp_path / "m.wav", male), "labels": ["Speech"], "source": "p1"},
-        {"path": write_wav(tmp_path / "f.wav", female), "labels": ["Speech"], "source": "p2"},
+        {"path": write_wav(tmp_path / "m.wav", male).name, "labels": ["Speech"], "source": "p1"},
+        {"path": write_wav(tmp_path / "f.wav", female).name, "labels": ["Speech"], "source": "p2"},
     ]
     for i, x in enumerate(noise):
-        rows.append({"path": write_wav(tmp_path / f"n{i}.wav", x), "labels": ["White noise"]})
+        rows.append({"path": write_wav(tmp_path / f"n{i}.wav", x).name, "labels": ["White noise"]})
         rows[-1]["source"] = f"n{i}"
     rows[-1]["split"] = "test"  # no views of this one
     manifest = tmp_path / "m.jsonl"

@@ -9,12 +9,12 @@ crops of 2 s labelled from the placements teach it which bins hold the speech.
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import write_wav
 
 from whisper_at.audio import load_audio
 from whisper_at.labels import audioset_labels
@@ -60,15 +60,6 @@ def test_a_crop_carries_the_classes_heard_in_it():
         torch.testing.assert_close(xs[i], x[i, :, start : start + 5])
     assert ys[0].tolist() == [float(starts[0] < 3), 0.0, 0.0]
     assert ys[1].tolist() == [0.0, float(starts[1] + 5 > 20), 0.0]
-
-
-def write_wav(path: Path, x: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 @pytest.fixture(scope="module")

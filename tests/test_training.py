@@ -10,13 +10,13 @@ import dataclasses
 import json
 import math
 import shutil
-import wave
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import write_wav
 from safetensors import safe_open
 
 import whisper_at
@@ -82,15 +82,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def write_wav(path: Path, x: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:
