@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from whisper_at.audio import load_audio
 from whisper_at_research.corpus import SpeechClip, asterisk_prompts, librivox_clips
@@ -32,6 +33,16 @@ ENCODERS = {
 }
 
 WriteAudio = Callable[..., Path]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Training tests: two threads on a shared 2-core machine oversubscribe it (steps get
+    10x slower), so a module that trains asks for one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session", name="librivox_clips")

@@ -30,12 +30,7 @@ SPEECH, SINE = LABELS.index("Speech"), LABELS.index("Sine wave")
 SPEECH_SECONDS = 3.0  # speech in [0, 3) s of every speech clip, silence after
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_bin_targets_mark_the_bins_an_event_covers():

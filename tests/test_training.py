@@ -75,13 +75,7 @@ CUSTOM = {  # the same audio under a 3-class custom label set ("tick" clips are 
 SPLIT_SIZES = {"train": 3, "valid": 1, "test": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine oversubscribe it (steps get 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:
