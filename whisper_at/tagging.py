@@ -7,9 +7,9 @@ windows happen to start at, so tags line up with the audio and not with the
 decoder's seek. Each 20 ms frame is taken from the first pass that covered it,
 which is also what lets a bin span two decoder windows.
 
-Tagging windows of ``at_time_res`` seconds group consecutive bins; a window is
-handed to the head as soon as all its bins are complete, so long audio needs
-only the bins of the window in progress.
+Tagging windows of ``at_time_res`` seconds group consecutive bins; complete windows
+go to the head in batches of about ``HEAD_BATCH_BINS`` bins (one call for many windows
+costs less than one call each), so long audio needs only the bins of one batch.
 
 Independently of ``at_time_res``, an *event track* gives every bin its own logits,
 the input of sound-event detection (:mod:`whisper_at.events`): by default the head run
@@ -215,7 +215,7 @@ def bin_sums(frames: torch.Tensor, first_frame: int) -> tuple[int, torch.Tensor,
 
 
 class TagAccumulator:
-    """Collects encoder passes for one audio stream and runs the head window by window."""
+    """Collects encoder passes for one audio stream and runs the head on its windows."""
 
     def __init__(
         self,
