@@ -3,10 +3,14 @@
 Runs ``WhisperAT.tag`` (stream, log-mel, tapped encoder, pooling, TL-TR head) on a
 synthetic recording for each Whisper size, and an AST-shaped (87M) and a
 CED-Tiny-shaped tagger on the same audio cut into 10 s clips, alternating the
-contenders over several repetitions and reporting medians and ratios. Sizes
-other than the bundled ones use random weights: timing does not depend on them.
+contenders over several repetitions and reporting medians and ratios. A size named
+as a bundled model (``tiny.en``, ``base``) loads it with its shipped head and the ct2
+engine, so ``--precisions`` may include the bfloat16 encoder; other sizes (``tiny``,
+``large-v3``, ...) use random weights (timing does not depend on them) and the torch
+engine, whose encoder precision is float32 (float16 on a GPU).
 
     python benchmarks/tag_throughput.py [--device cuda] [--sizes tiny,base] [--seconds 300]
+        [--precisions auto,float32]
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import torch
 from models import WHISPER_DIMS, ast_like, ced_tiny_like, random_head
 from whisper.model import Whisper
 
-from whisper_at.pipeline import WhisperAT
-from whisper_at.weights import LoadedWhisper
+from whisper_at.pipeline import WhisperAT, load_model
+from whisper_at.weights import LoadedWhisper, available_models
 
 
 def synchronize(device: torch.device) -> None:
@@ -37,13 +41,15 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def whisper_tagger(size: str, device: torch.device) -> WhisperAT:
+def whisper_tagger(size: str, device: torch.device, precision: str) -> WhisperAT:
+    if size in available_models():
+        return load_model(size, device=device, precision=precision)
     dims = WHISPER_DIMS[size]
     torch.manual_seed(0)
     with device:  # built in place: a large model's random init on the CPU takes minutes
         model = Whisper(dims).eval()
     loaded = LoadedWhisper(model=model, name=size, sha256="", source="random", ct2_dir=None)
-    return WhisperAT(loaded, random_head(dims))
+    return WhisperAT(loaded, random_head(dims), precision=precision)
 
 
 def standalone(tagger: torch.nn.Module, audio: np.ndarray, device: torch.device, batch: int):
@@ -71,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0, help="audio length")
     parser.add_argument("--batch-size", type=int, default=8, help="30 s windows per encoder batch")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precisions", default="auto", help="comma list, e.g. auto,float32")
     args = parser.parse_args()
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
@@ -78,10 +85,11 @@ def main() -> None:
 
     contenders = {}
     for size in args.sizes.split(","):
-        model = whisper_tagger(size, device)
-        contenders[f"whisper-at {size} TL-TR"] = lambda m=model: m.tag(
-            audio, batch_size=args.batch_size
-        )
+        for precision in args.precisions.split(","):
+            model = whisper_tagger(size, device, precision)
+            contenders[f"whisper-at {size} TL-TR ({model.precision.encoder} encoder)"] = (
+                lambda m=model: m.tag(audio, batch_size=args.batch_size)
+            )
     contenders["AST-shaped (87M)"] = standalone(ast_like(), audio, device, 4 * args.batch_size)
     contenders["CED-Tiny-shaped"] = standalone(ced_tiny_like(), audio, device, 4 * args.batch_size)
 
