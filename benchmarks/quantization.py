@@ -12,9 +12,10 @@ audio and weights:
   difference from float32 of any class in any 10 s window, and how often the top tag
   and the top-3 set agree;
 - with ``--held-out MANIFEST``: what the changes do to accuracy where it matters, on the
-  clips of the packages the head was trained without (its config's
-  ``held_out_sources``), each tagged on its own as a user's file would be: mAP over the
-  classes the head reports that have positives there, and the top-1 / top-3 hit rates.
+  test clips of the packages the head was trained without (its config's
+  ``held_out_sources``; the clips ``whisper-at evaluate`` scores), each tagged on its own
+  as a user's file would be: mAP over the classes the head reports that have positives
+  there, and the top-1 / top-3 hit rates.
 
 The timings share one process and its thread pools between four models, so they are
 indicative only; ``transcribe_speed.py`` (one process per contender) is the speed measure.
@@ -116,7 +117,7 @@ def held_out_accuracy(models: dict[str, whisper_at.WhisperAT], manifest: Path) -
     held = set(head.config.held_out_sources or [])
     if not held:
         raise SystemExit(f"{head.source}: the head records no held-out packages")
-    clips = [c for c in read_manifest(manifest) if held & set(c.sources)]
+    clips = [c for c in read_manifest(manifest) if held & set(c.sources) and c.split == "test"]
     targets = np.zeros((len(clips), head.config.n_classes))
     for row, indices in enumerate(label_indices(clips, head.config.labels)):
         targets[row, indices] = 1

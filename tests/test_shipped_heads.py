@@ -69,22 +69,39 @@ def test_shipped_head_names_held_out_sounds(recordings, model_name, label, accep
     assert top[0].label in build3_labels
 
 
-@pytest.mark.parametrize("model_name", ["tiny.en", "base"])
-def test_shipped_head_tells_male_from_female_speech(recordings, model_name):
-    """Held-out speakers: two male flite voices, the female one, and the Asterisk speaker."""
-    model = whisper_at.load_model(model_name, device="cpu")
+def said_sex(model, recording) -> str:
     male, female = model.labels.index(MALE), model.labels.index(FEMALE)
-    for recording_id, gender in [
+    p = model.tag(window_of(recording), at_time_res=10.0).probabilities[0]
+    return MALE if p[male] > p[female] else FEMALE
+
+
+def test_shipped_tiny_head_tells_male_from_female_speech_of_an_unseen_package(recordings):
+    """Every flite recording with a sex label: flite is one of the packages the tiny.en
+    heads were trained without (three voices, 172 recordings). Measured: 154 right with
+    the shipped TL-TR (155 with the head it replaced); one near-tie flips between them,
+    so a single recording is no test."""
+    model = whisper_at.load_model("tiny.en", device="cpu")
+    assert "debian:flite=2.2-5" in model.head.config.held_out_sources
+    voices = [
+        r for r in recordings.values() if r.source == "flite" and {MALE, FEMALE} & set(r.labels)
+    ]
+    right = sum(said_sex(model, r) in r.labels for r in voices)
+    assert len(voices) == 172 and right >= 0.85 * len(voices), right
+
+
+def test_shipped_base_head_tells_male_from_female_speech(recordings):
+    """Speakers of the base heads' test split: two male flite voices, the female one, and
+    the Asterisk speaker (the base heads are corpus build 3's, which trained on flite)."""
+    model = whisper_at.load_model("base", device="cpu")
+    for recording_id, sex in [
         ("flite:rms/conf-onlyperson", MALE),
         ("flite:awb/conf-invalid", MALE),
         ("flite:slt/vm-dialout", FEMALE),
         ("asterisk:agent-pass", FEMALE),
     ]:
         recording = recordings[recording_id]
-        assert gender in recording.labels
-        p = model.tag(window_of(recording), at_time_res=10.0).probabilities[0]
-        said = MALE if p[male] > p[female] else FEMALE
-        assert said == gender, (recording_id, round(float(p[male]), 2), round(float(p[female]), 2))
+        assert sex in recording.labels
+        assert said_sex(model, recording) == sex, recording_id
 
 
 def test_shipped_heads_carry_their_provenance():
