@@ -12,8 +12,8 @@ audio and weights:
   difference from float32 of any class in any 10 s window, and how often the top tag
   and the top-3 set agree;
 - with ``--held-out MANIFEST``: what the changes do to accuracy where it matters, on the
-  test clips of the packages the head was trained without (its config's
-  ``held_out_sources``; the clips ``whisper-at evaluate`` scores), each tagged on its own
+  test-split clips of the packages the head was trained without (its config's
+  ``held_out_sources``), each tagged on its own
   as a user's file would be: mAP over the classes the head reports that have positives
   there, and the top-1 / top-3 hit rates.
 
