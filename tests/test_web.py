@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 import whisper_at
@@ -83,11 +84,18 @@ def browser(tmp_path_factory, downloads):
 
 @pytest.fixture(scope="module")
 def speech_wav(long_speech, tmp_path_factory) -> Path:
-    """25 s of real speech (LibriVox), several segments."""
+    """25 s: 12 s of real speech (LibriVox), a C major chord struck three times (3 s), 10 s
+    more speech: several segments, a music event and sound cue between two speech events."""
     import soundfile
 
+    t = np.arange(3 * 16000) / 16000
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)) * np.exp(-(t % 1.0))
+    between = (0.1 * chord).astype(np.float32)
+    audio = np.concatenate(
+        [long_speech[: 12 * 16000], between, long_speech[12 * 16000 : 22 * 16000]]
+    )
     path = tmp_path_factory.mktemp("audio") / "reading.wav"
-    soundfile.write(path, long_speech[: 25 * 16000], 16000, subtype="PCM_16")
+    soundfile.write(path, audio, 16000, subtype="PCM_16")
     return path
 
 
