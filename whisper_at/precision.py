@@ -158,10 +158,8 @@ def auto_cpu_encoder() -> str:
     tags equal to the float32 training features and transcripts equal to plain
     faster-whisper's.
     """
-    pinned = os.environ.get(CPU_ENCODER_ENV)
+    pinned = _pinned(CPU_ENCODER_ENV, ("float32", "bfloat16"))
     if pinned:
-        if pinned not in ("float32", "bfloat16"):
-            raise PrecisionError(f"{CPU_ENCODER_ENV}={pinned!r}: use float32 or bfloat16")
         return pinned
     _, flags = cpu_model_and_flags()
     return "bfloat16" if _NATIVE_BF16_FLAGS.intersection(flags) else "float32"
@@ -180,10 +178,8 @@ def fastest_cpu_decoder(ct2_dir: str | os.PathLike) -> str:
     """
     import ctranslate2
 
-    pinned = os.environ.get(CPU_DECODER_ENV)
+    pinned = _pinned(CPU_DECODER_ENV, ("float32", "int8"))
     if pinned:
-        if pinned not in ("float32", "int8"):
-            raise PrecisionError(f"{CPU_DECODER_ENV}={pinned!r}: use float32 or int8")
         return pinned
     if "int8" not in ctranslate2.get_supported_compute_types("cpu"):
         return "float32"
@@ -207,6 +203,14 @@ def fastest_cpu_decoder(ct2_dir: str | os.PathLike) -> str:
     except OSError as error:  # a read-only cache measures again next time
         logger.debug("could not keep the decoder choice in %s: %s", path, error)
     return choice
+
+
+def _pinned(env: str, allowed: tuple[str, str]) -> str | None:
+    """The choice the environment variable ``env`` pins, if set; anything else is refused."""
+    pinned = os.environ.get(env)
+    if pinned and pinned not in allowed:
+        raise PrecisionError(f"{env}={pinned!r}: use {' or '.join(allowed)}")
+    return pinned or None
 
 
 def cpu_model_and_flags() -> tuple[str, list[str]]:
