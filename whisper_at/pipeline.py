@@ -324,8 +324,7 @@ class WhisperAT:
         """Tags per ``at_time_res`` window, plus the per-bin event track when ``track`` is
         given (it costs several times the head work of the tags: docs/performance.md)."""
         head = self._require_head()
-        # the head follows a bfloat16 encoder (docs/engines.md); float16 GPUs keep float32
-        dtype = torch.bfloat16 if self.encoder_dtype == torch.bfloat16 else torch.float32
+        dtype = self.encoder_dtype  # the head follows a bfloat16 encoder (head_precision)
         events = None if track is None else EventTrack(head, track, dtype)
         return TagAccumulator(head, at_time_res, events, dtype)
 

@@ -104,20 +104,24 @@ class TrackOptions:
         bins_per_window(self.context_seconds)
 
 
-def head_precision(dtype: torch.dtype, like: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Where the head computes: float32, or bfloat16 autocast (matrix products in bf16,
-    norms and softmax in float32) when the encoder runs in bfloat16, so the head costs
-    far less than in float32 and tags stay a small share of the encoder's time."""
-    return torch.autocast(like.device.type, dtype=dtype, enabled=dtype == torch.bfloat16)
+def head_precision(
+    encoder_dtype: torch.dtype, like: torch.Tensor
+) -> contextlib.AbstractContextManager:
+    """Where the head computes: bfloat16 autocast (matrix products in bf16, norms and
+    softmax in float32) when the encoder runs in bfloat16, so the head costs far less
+    than in float32 and tags stay a small share of the encoder's time; float32 for any
+    other encoder (a float16 GPU encoder included)."""
+    bf16 = encoder_dtype == torch.bfloat16
+    return torch.autocast(like.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 class EventTrack:
     """Per-bin logits of one stream, computed as its pooled bins arrive in order."""
 
     def __init__(
-        self, head: TaggingHead, options: TrackOptions, head_dtype: torch.dtype = torch.float32
+        self, head: TaggingHead, options: TrackOptions, encoder_dtype: torch.dtype = torch.float32
     ) -> None:
-        self.head, self.options, self.head_dtype = head, options, head_dtype
+        self.head, self.options, self.encoder_dtype = head, options, encoder_dtype
         self.context = bins_per_window(options.context_seconds)
         self._pending: torch.Tensor | None = None  # pooled bins [n, n_layer, d] still needed
         self._first = 0  # absolute bin of _pending[0]
@@ -137,7 +141,7 @@ class EventTrack:
     def _run(self, final: bool) -> None:
         if self._pending is None:
             return
-        with torch.inference_mode(), head_precision(self.head_dtype, self._pending):
+        with torch.inference_mode(), head_precision(self.encoder_dtype, self._pending):
             if self.options.method == "frames":
                 self._frames(final)
             else:
@@ -222,10 +226,10 @@ class TagAccumulator:
         head: Callable[[torch.Tensor], torch.Tensor],
         at_time_res: float,
         track: EventTrack | None = None,
-        head_dtype: torch.dtype = torch.float32,
+        encoder_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.head = head  # features [n, n_layer, time, d] -> logits [n, n_classes]
-        self.head_dtype = head_dtype  # float32, or bfloat16 (see head_precision)
+        self.encoder_dtype = encoder_dtype  # what the head follows (see head_precision)
         self.at_time_res = at_time_res
         self.window_bins = bins_per_window(at_time_res)
         self.track = track  # per-bin logits for sound events, when wanted
@@ -304,7 +308,7 @@ class TagAccumulator:
         if self.track is not None:
             self.track.add(pooled)
         full = n_bins // k
-        with torch.inference_mode(), head_precision(self.head_dtype, pooled):
+        with torch.inference_mode(), head_precision(self.encoder_dtype, pooled):
             if full:
                 windows = pooled[: full * k].reshape(full, k, *pooled.shape[1:])
                 self._logits.append(self.head(windows.transpose(1, 2)))
