@@ -40,7 +40,7 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
 from whisper_at.heads import HEAD_TYPES, HeadConfig, TaggingHead, save_head
-from whisper_at.tagging import BIN_SECONDS
+from whisper_at.tagging import BIN_SECONDS, bins_per_window
 
 from .augment import view_base_id
 from .features import ENCODER_INPUT_SECONDS, FeatureSet, FeatureStoreError, load_features
@@ -104,11 +104,17 @@ class TrainOptions:
         if self.held_out_sources is not None and self.split_scheme != "source":
             raise ValueError('held_out_sources needs split_scheme="source"')
         if self.crop_seconds is not None:
-            bins = self.crop_seconds / BIN_SECONDS
-            if self.crop_seconds <= 0 or abs(bins - round(bins)) > 1e-6:
-                raise ValueError(f"crop_seconds must be a multiple of {BIN_SECONDS} s")
+            try:
+                bins_per_window(self.crop_seconds)
+            except ValueError:
+                raise ValueError(f"crop_seconds must be a multiple of {BIN_SECONDS} s") from None
             if not 0 < self.crop_batches <= 1:
                 raise ValueError("crop_batches must be in (0, 1]")
+
+    @property
+    def crop_bins(self) -> int:
+        """Pooled 0.4 s bins per crop (0: no crops)."""
+        return 0 if self.crop_seconds is None else bins_per_window(self.crop_seconds)
 
 
 def lr_schedule(epochs: int, start: int | None = None, step: int | None = None) -> tuple[int, int]:
@@ -451,8 +457,7 @@ def _train(
     n_clips = len(train)  # one epoch: this many samples, with or without views
     train, views = add_views(train, opts.augmented, source.held_out if source else ())
     trained = [int(c) for c in torch.nonzero(train.targets.sum(dim=0) > 0).flatten()]
-    strong = strong_targets(train) if opts.crop_seconds else None
-    crop_bins = round(opts.crop_seconds / BIN_SECONDS) if opts.crop_seconds else 0
+    strong = strong_targets(train) if opts.crop_bins else None
     if not trained:
         raise ValueError("no training clip has a label: nothing to learn")
     lr = opts.lr if opts.lr is not None else default_lr(opts.head_type, meta["n_layer"])
@@ -529,7 +534,7 @@ def _train(
             y = train.targets[idx].float()
             # the global batch: the same draws on every rank
             if strong is not None and rng.random() < opts.crop_batches:
-                x, y = crop(x, strong[idx], crop_bins, rng)
+                x, y = crop(x, strong[idx], opts.crop_bins, rng)
                 x, y = augment(x, y, opts, rng, time_mask=False)
             else:
                 x, y = augment(x, y, opts, rng)
