@@ -111,6 +111,7 @@ def held_out_accuracy(models: dict[str, whisper_at.WhisperAT], manifest: Path) -
     """mAP and top-k hits of every precision's tags on the head's held-out packages."""
     from whisper_at_research.training import read_manifest
     from whisper_at_research.training.evaluate import top_k_hits
+    from whisper_at_research.training.features import ClipReader
     from whisper_at_research.training.manifest import label_indices
 
     head = models["float32"].head
@@ -123,7 +124,8 @@ def held_out_accuracy(models: dict[str, whisper_at.WhisperAT], manifest: Path) -
         targets[row, indices] = 1
     reported = head.config.reported_classes
     scored = [c for c in reported if targets[:, c].any()]
-    audio = [clip_audio(c.path, c.start, c.end) for c in clips]
+    reader = ClipReader()  # the clips as the feature store reads them
+    audio = [reader.clip(c)[0] for c in clips]
     for precision, model in models.items():
         scores = np.stack([model.tag(a).probabilities.max(0).values.numpy() for a in audio])
         metrics = tagging_metrics(targets, scores, scored)
@@ -131,11 +133,6 @@ def held_out_accuracy(models: dict[str, whisper_at.WhisperAT], manifest: Path) -
         print(f"held-out packages, {precision}: {len(clips)} clips, mAP {metrics.mAP:.3f} "
               f"over {len(scored)} classes, top-1 hit {hits['1']:.3f}, "
               f"top-3 hit {hits['3']:.3f}")  # fmt: skip
-
-
-def clip_audio(path: str, start: float, end: float | None) -> np.ndarray:
-    audio = load_audio(path)
-    return audio[int(start * 16000) : None if end is None else int(end * 16000)]
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def plan_extraction(
         raise ValueError(f"shard_size must be a positive multiple of {CLIPS_PER_WINDOW}")
     clips = read_manifest(manifest)
     digest = manifest_hash(clips, labels)
-    reader = _AudioReader()
+    reader = ClipReader()
     views: list[ViewPlan] | None = None
     if augment is not None:
         clips, views, audio_of = _views(clips, labels, augment, reader)
@@ -331,7 +331,7 @@ def _check_resume(out: Path, meta: dict) -> None:
             )
 
 
-class _AudioReader:
+class ClipReader:
     """Decodes clips, keeping the last file decoded (consecutive clips often share one)."""
 
     def __init__(self) -> None:
@@ -382,14 +382,14 @@ def pack_window(clip_audio: list[np.ndarray], n_mels: int) -> torch.Tensor:
 
 
 def _views(
-    clips: list[Clip], labels: LabelSet, config: AugmentConfig, reader: _AudioReader
+    clips: list[Clip], labels: LabelSet, config: AugmentConfig, reader: ClipReader
 ) -> tuple[list[Clip], list[ViewPlan], Callable[[Clip, int], tuple[np.ndarray, float]]]:
     """The augmented views of the train clips, their plans, and how to render view ``k``."""
     names = [[labels.names[i] for i in row] for row in label_indices(clips, labels)]
     train = [i for i, c in enumerate(clips) if c.split == "train"]
     if not train:
         raise ValueError("augmentation makes views of the 'train' clips; this manifest has none")
-    partner_reader = _AudioReader()
+    partner_reader = ClipReader()
     augmenter = Augmenter(
         config,
         names,
