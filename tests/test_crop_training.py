@@ -59,7 +59,8 @@ def test_a_crop_carries_the_classes_heard_in_it():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, librivox_clips):
-    """24 train clips (12 speech-then-silence, 12 sine), 4 valid, 6 test speech clips."""
+    """24 train clips (12 speech-then-silence, 12 sine), 4 valid, 3 test speech clips;
+    from three packages (speech from two readers, every sine from one synthesizer)."""
     folder = tmp_path_factory.mktemp("crop-clips")
     rng = np.random.default_rng(1)
     voices = np.concatenate([load_audio(c.path) for c in librivox_clips])
@@ -87,6 +88,7 @@ def store(tmp_path_factory, librivox_clips):
                         "split": split,
                         "events": [event],
                         "recording": path.stem,
+                        "source": [f"reader-{'ab'[k % 2]}" if kind == "speech" else "synth"],
                     }  # fmt: skip
                 )
     manifest = folder / "manifest.jsonl"
@@ -163,3 +165,25 @@ def test_crop_training_needs_the_placed_events(store, tmp_path, capsys):
     assert train_main([str(features), "--out", str(out), "--crop-seconds", "1.0"]) == 1
     assert "crop_seconds must be a multiple of 0.4 s" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_events_are_scored_on_the_held_out_packages(store, tmp_path):
+    """``evaluate-events --split-scheme source`` scores the clips of packages held out."""
+    from whisper_at_research.training.cli import evaluate_events_main
+    from whisper_at_research.training.sed import TrackChoice, evaluate_events
+
+    _, features = store
+    window = [TrackChoice(None)]
+    by_recording = evaluate_events(features, split="test", tracks=window, progress=False)
+    assert by_recording["held_out_sources"] is None
+    assert by_recording["n_clips"] == 3 and by_recording["classes"] == ["Speech"]
+    # the rule holds out a reader (Speech is the one class two packages carry), the one with
+    # fewer clips (reader-b: 8); its clips of every split are the held-out test
+    out = tmp_path / "events.json"
+    argv = [str(features), "--split-scheme", "source", "--track", "window", "--out", str(out)]
+    assert evaluate_events_main([*argv, "--no-progress"]) == 0
+    held_out = json.loads(out.read_text())
+    assert held_out["held_out_sources"] == ["reader-b"] and held_out["split_scheme"] == "source"
+    assert held_out["n_clips"] == 8 and held_out["n_reference_events"] == 8
+    assert held_out["classes"] == ["Speech"]
+    assert "Held-out sources: reader-b." in out.with_suffix(".md").read_text()

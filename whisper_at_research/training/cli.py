@@ -489,6 +489,12 @@ def evaluate_events_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", help="head checkpoint (default: the one shipped for the store)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument(
+        "--split-scheme",
+        choices=SPLIT_SCHEMES,
+        default="recording",
+        help="source: the held-out-source split (test = packages a source-trained head never saw)",
+    )
+    p.add_argument(
         "--track",
         action="append",
         type=_track_choice,
@@ -525,13 +531,15 @@ def evaluate_events_main(argv: list[str] | None = None) -> int:
             args.features,
             args.head,
             split=args.split,
+            split_scheme=args.split_scheme,
             tracks=args.track,
             event_options=options,
             out=args.out,
             progress=not args.no_progress,
         )
         print(
-            f"{report['split']}: {report['n_clips']} clips, {report['n_reference_events']} "
+            f"{report['split']} ({report['split_scheme']} split): {report['n_clips']} clips, "
+            f"{report['n_reference_events']} "
             f"reference events, {len(report['classes'])} classes"
         )
         for r in report["rows"]:

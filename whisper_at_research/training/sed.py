@@ -45,6 +45,7 @@ from whisper_at.tagging import BIN_SECONDS, EventTrack, TaggingResult, TrackOpti
 
 from .features import FeatureStoreError, load_features
 from .manifest import placed_events
+from .source_split import with_scheme
 
 logger = logging.getLogger("whisper_at")
 
@@ -136,6 +137,7 @@ def evaluate_events(
     head: str | os.PathLike | TaggingHead | None = None,
     *,
     split: str = "test",
+    split_scheme: str = "recording",
     tracks: list[TrackChoice] | None = None,
     event_options: list[EventOptions] | None = None,
     out: str | os.PathLike | None = None,
@@ -144,11 +146,17 @@ def evaluate_events(
     """Scores of every track choice (and, for its events, every set of ``event_options``)
     on ``split``; writes ``out`` (JSON) and ``.md`` next to it.
 
-    ``head``: a checkpoint, or None for the head shipped for the store's Whisper.
+    ``head``: a checkpoint, or None for the head shipped for the store's Whisper;
+    ``split_scheme``: "source" scores the held-out-source split (its ``test``: packages a
+    head trained with that scheme never saw).
     """
     import sed_scores_eval
 
-    data = load_features(features_dir, splits=[split])
+    if split_scheme == "recording":
+        data, source = load_features(features_dir, splits=[split]), None
+    else:
+        data, source = with_scheme(load_features(features_dir), split_scheme)
+        data = data.split(split)
     if len(data) == 0:
         raise FeatureStoreError(f"{features_dir} has no {split} clips")
     meta = data.meta
@@ -165,6 +173,10 @@ def evaluate_events(
     reported = set(cfg.reported_classes)
     reference = reference_events(meta["manifest"], data.ids, labels, reported)
     present = sorted({labels.index(name) for events in reference.values() for *_, name in events})
+    if not present:
+        raise FeatureStoreError(
+            f"the {split} clips hold no placed event of a class the head reports: nothing to score"
+        )
     classes = [labels.names[c] for c in present]
     durations = {clip_id: CLIP_SECONDS for clip_id in data.ids}
     options_list = event_options or [EventOptions()]
@@ -183,6 +195,8 @@ def evaluate_events(
         }
         track_row = {"track": choice.name, "seconds_per_hour": cost / seconds_of_audio * 3600}
         for name, scenario in PSDS_SCENARIOS.items():
+            if len(classes) < 2:  # no other class to cross-trigger (sed_scores_eval needs one)
+                scenario = {**scenario, "cttc_threshold": None, "alpha_ct": 0.0}
             psds, *_ = sed_scores_eval.intersection_based.psds(
                 scores=scores,
                 ground_truth=reference,
@@ -216,6 +230,8 @@ def evaluate_events(
         "manifest": meta["manifest"],
         "head": head_name,
         "split": split,
+        "split_scheme": split_scheme,
+        "held_out_sources": None if source is None else list(source.held_out),
         "n_clips": len(data),
         "n_reference_events": sum(len(events) for events in reference.values()),
         "classes": classes,
@@ -283,9 +299,12 @@ def options_label(options: dict) -> str:
 
 
 def report_markdown(report: dict) -> str:
+    scheme = report.get("split_scheme", "recording")
+    held_out = report.get("held_out_sources")
     lines = [
-        f"# Sound-event detection: {report['split']} split",
+        f"# Sound-event detection: {report['split']} split ({scheme} scheme)",
         "",
+        *([f"Held-out sources: {', '.join(held_out)}.", ""] if held_out else []),
         f"{report['n_clips']} clips, {report['n_reference_events']} reference events of "
         f"{len(report['classes'])} classes; head {report['head']}; store {report['features']}.",
         "Post-processing: high threshold / low ratio / median bins / min duration s / max gap s.",
