@@ -1,9 +1,11 @@
-"""The training-corpus builder: Qt rcc reader, mapping table, deterministic mixing, splits."""
+"""The training-corpus builder: Qt rcc and OpenTTD cat readers, mapping table, deterministic
+mixing, splits, deduplication."""
 
 from __future__ import annotations
 
 import io
 import json
+import wave
 from pathlib import Path
 
 import av
@@ -14,10 +16,16 @@ from whisper_at.audio import load_audio
 from whisper_at.labels import audioset_labels
 from whisper_at_research.corpus import fetch_debian_package
 from whisper_at_research.corpus.build import assign_splits, build_corpus
+from whisper_at_research.corpus.cat import CatError, read_cat
 from whisper_at_research.corpus.cli import main as corpus_main
 from whisper_at_research.corpus.mapping import load_mapping, match_labels
 from whisper_at_research.corpus.rcc import RccError, RccFile, write_rcc
-from whisper_at_research.corpus.sources import SOURCES, Recording, find_recordings
+from whisper_at_research.corpus.sources import (
+    SOURCES,
+    Recording,
+    find_recordings,
+    package_audio_files,
+)
 
 # Small packages (a few MB in all), so a test build is quick after the first fetch.
 TEST_SOURCES = ["fart", "bucklespring", "freedesktop", "librivox"]
@@ -66,6 +74,71 @@ def test_rcc_rejects_garbage():
         RccFile(bytes(data)).read("x.txt")
 
 
+# -- OpenTTD cat ----------------------------------------------------------------------------
+def _cat(sounds: list[tuple[str, bytes]], new_format: bool = True) -> bytes:
+    """An OpenTTD sound container holding ``sounds`` (name, RIFF bytes), as OpenTTD reads it."""
+    table, body = len(sounds) * 8, b""
+    offsets = []
+    for name, data in sounds:
+        raw = name.encode() + b"\0"
+        offsets.append((table + len(body), len(data)))
+        body += bytes([len(raw)]) + raw + data
+    flag = 0x80000000 if new_format else 0
+    head = b"".join(
+        (offset | (flag if k == 0 else 0)).to_bytes(4, "little") + size.to_bytes(4, "little")
+        for k, (offset, size) in enumerate(offsets)
+    )
+    return head + body
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((samples * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("new_format", [True, False])
+def test_cat_round_trip(tmp_path, new_format: bool):
+    tone = np.sin(np.arange(1600) * 0.1) * 0.5
+    sounds = [('"Big crash". By X. License: CC0.', _wav(tone)), ('"Wind". By Y.', _wav(tone[:800]))]
+    path = tmp_path / "sounds.cat"
+    path.write_bytes(_cat(sounds, new_format))
+    entries = read_cat(path)
+    assert [e.title for e in entries] == ["Big crash", "Wind"]
+    assert [e.filename for e in entries] == ["00_big_crash.wav", "01_wind.wav"]
+    assert entries[0].name == sounds[0][0] and entries[1].data == sounds[1][1]
+    (tmp_path / "wind.wav").write_bytes(entries[1].data)
+    assert np.abs(load_audio(tmp_path / "wind.wav") - tone[:800]).max() < 1e-3
+
+
+def test_cat_rejects_other_files(tmp_path):
+    path = tmp_path / "other.cat"
+    for blob in (b"", b"\x10\0\0\0\x08\0\0\0", _cat([("x", b"not a wave file")])):
+        path.write_bytes(blob)
+        with pytest.raises(CatError):
+            read_cat(path)
+
+
+def test_openttd_opensfx_sounds_are_read_and_labelled():
+    """OpenSFX ships its 73 sounds in one .cat; the credit line names and licenses each."""
+    recs = {rec.path.rsplit("/", 1)[1]: rec for rec in find_recordings(["openttd"])}
+    horn = recs["26_truck_old_bus_start_pull_away_with_horn.wav"]
+    assert horn.labels[:2] == ("Air horn, truck horn", "Truck")
+    assert horn.path.startswith("usr/share/games/openttd/baseset/opensfx/opensfx.cat/")
+    assert horn.package == "debian:openttd-opensfx=1.0.3-2"
+    assert recs["24_helicopter.wav"].labels == ("Helicopter", "Aircraft", "Vehicle")
+    # Sound 25 is sound 26 without the horn: "truck/old bus" alone does not say which.
+    assert "25_truck_old_bus_start_pull_away.wav" not in recs
+    assert "34_unused_nothing.wav" not in recs and "22_morse.wav" not in recs
+    assert horn.load().size / 16000 == pytest.approx(4.015, abs=0.01)
+    entries = read_cat(SOURCES["openttd"].fetch().joinpath(horn.path.rsplit("/", 1)[0]))
+    assert len(entries) == 73 and "License: Creative Commons Zero 1.0." in entries[26].name
+
+
 # -- mapping ------------------------------------------------------------------------------
 def test_mapping_rows_name_real_audioset_classes():
     names = set(audioset_labels().names)
@@ -101,6 +174,31 @@ def test_splits_keep_groups_together():
     for k in range(40):
         assert len({splits[f"bucklespring:wav/{k:02x}-{i}.wav"] for i in range(2)}) == 1
     assert set(splits.values()) == {"train", "valid", "test"}
+
+
+# Build 4 (the corpus the shipped heads were trained on): these sources, in this order.
+# New sources are appended, so `--sources <these>` rebuilds it and duplicate ranks hold.
+BUILD4_SOURCES = (
+    "gcompris tuxpaint sonic-pi hydrogen bucklespring freedesktop oxygen lomiri deepin fart "
+    "fluid-gm timgm6mb-gm asterisk librivox flite openarena warzone2100 hedgewars wesnoth "
+    "freedroidrpg boswars 0ad supertuxkart flightgear redeclipse trigger-rally scorched3d "
+    "frozen-bubble supertux lincity-ng moh asterisk-es asterisk-fr asterisk-it asterisk-ru"
+).split()
+
+
+def test_build4_sources_keep_their_place():
+    assert list(SOURCES)[: len(BUILD4_SOURCES)] == BUILD4_SOURCES
+    assert SOURCES["0ad"].label == "debian:0ad-data=0.0.26-1"
+
+
+@pytest.mark.parametrize("source", ["openttd", "minetest", "simutrans", "micropolis"])
+def test_every_mapping_row_of_a_build5_source_matches_a_file(source: str):
+    """A row that matches nothing is a typo or a file the pinned version does not ship."""
+    paths = [path for path, _ in package_audio_files(SOURCES[source])]
+    rows = [row for row in load_mapping() if row.source == source]
+    assert rows and paths
+    for row in rows:
+        assert any(row.regex.fullmatch(path) for path in paths), row.pattern
 
 
 # -- builds -------------------------------------------------------------------------------

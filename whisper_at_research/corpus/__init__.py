@@ -22,6 +22,7 @@ __all__ = [
     "find_recordings",
     "librivox_clips",
     "load_mapping",
+    "read_cat",
 ]
 
 
@@ -43,4 +44,8 @@ def __getattr__(name: str):
         from whisper_at_research.corpus.rcc import RccFile
 
         return RccFile
+    if name == "read_cat":
+        from whisper_at_research.corpus.cat import read_cat
+
+        return read_cat
     raise AttributeError(f"module 'whisper_at_research.corpus' has no attribute {name!r}")

@@ -4,7 +4,8 @@ A *recording* is one original sound file (or one rendered MIDI phrase); its ``pa
 what the rows of ``mapping.tsv`` are matched against:
 
 - plain packages: the file's path inside the extracted package (``usr/share/...``); for a
-  member of a zip archive (``.pk3``, ``.wz``), ``<archive path>/<member path>``;
+  member of a zip archive (``.pk3``, ``.wz``), ``<archive path>/<member path>``; for a
+  sound of an OpenTTD container, ``<.cat path>/<NN>_<title>.wav`` (``cat.py``);
 - ``gcompris``: ``<file>.rcc/<path inside the Qt resource>``;
 - ``hydrogen``: ``<kit>/<instrument name from drumkit.xml>/<sample file>``;
 - ``*-gm``: ``gm/<GM program 000-127 or drums>/<phrase number>``;
@@ -123,6 +124,21 @@ _SPECS = [
         )
         for lang in ("es", "fr", "it", "ru")
     ),
+    # Build 5: more independent game packages (docs/corpus.md); appended so build 4's
+    # sources keep their order (and duplicate ranks).
+    SourceSpec("openttd", "debian", "openttd-opensfx", "1.0.3-2", "files"),
+    SourceSpec("minetest", "debian", "minetest-data", "5.6.1+dfsg+~1.9.0mt8+dfsg-2", "files"),
+    SourceSpec("warmux", "debian", "warmux-data", "1:11.04.1+repack2-4", "files"),
+    SourceSpec("btanks", "debian", "btanks-data", "0.9.8083-9", "files"),
+    SourceSpec("megaglest", "debian", "megaglest-data", "3.13.0-3", "files"),
+    SourceSpec("widelands", "debian", "widelands-data", "2:1.1-3", "files"),
+    SourceSpec("flare", "debian", "flare-game", "1.14-1", "files"),
+    SourceSpec("tuxfootball", "debian", "tuxfootball", "0.3.1-7", "files"),
+    SourceSpec("tuxtype", "debian", "tuxtype-data", "1.8.3-5.1", "files"),
+    SourceSpec("simutrans", "debian", "simutrans-pak64", "121.0-1", "files"),
+    SourceSpec("micropolis", "debian", "micropolis-data", "0.0.20071228-10", "files"),
+    SourceSpec("trackballs", "debian", "trackballs-data", "1.3.4-1", "files"),
+    SourceSpec("mirrormagic", "debian", "mirrormagic-data", "3.1.0+dfsg1-1", "files"),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -212,6 +228,8 @@ def package_audio_files(spec: SourceSpec, *, mapped_only: bool = False):
             yield rel, file
         elif file.suffix.lower() in ARCHIVE_SUFFIXES:
             yield from _zip_members(spec, file, rel, mapped_only)
+        elif file.suffix.lower() == ".cat":
+            yield from _cat_members(spec, file, rel, mapped_only)
 
 
 def _zip_members(spec: SourceSpec, archive: Path, rel: str, mapped_only: bool):
@@ -224,12 +242,37 @@ def _zip_members(spec: SourceSpec, archive: Path, rel: str, mapped_only: bool):
             if mapped_only and match_labels(spec.name, path) is None:
                 continue
             target = out / member
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".tmp")
-                tmp.write_bytes(zipped.read(member))
-                tmp.replace(target)
+            _write_once(target, lambda member=member: zipped.read(member))
             yield path, target
+
+
+def _cat_members(spec: SourceSpec, container: Path, rel: str, mapped_only: bool):
+    """Sounds of an OpenTTD ``.cat`` container, extracted once like archive members."""
+    from whisper_at_research.corpus.cat import CatError, read_cat
+
+    out = cache_dir() / "corpus" / "cat" / f"{spec.package}_{spec.version}" / rel
+    try:
+        entries = read_cat(container)
+    except CatError as error:  # another program's .cat file: not audio
+        logger.debug("%s", error)
+        return
+    for entry in entries:
+        path = f"{rel}/{entry.filename}"
+        if mapped_only and match_labels(spec.name, path) is None:
+            continue
+        target = out / entry.filename
+        _write_once(target, lambda entry=entry: entry.data)
+        yield path, target
+
+
+def _write_once(target: Path, data: Callable[[], bytes]) -> None:
+    """Write ``data()`` to ``target`` unless it exists, through a renamed temporary file."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data())
+    tmp.replace(target)
 
 
 def _rcc_files(spec: SourceSpec):
@@ -248,10 +291,7 @@ def _rcc_files(spec: SourceSpec):
                 continue
             if not target.exists():
                 rcc = rcc or RccFile(rcc_path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".tmp")
-                tmp.write_bytes(rcc.read(entry))
-                tmp.replace(target)
+                _write_once(target, lambda rcc=rcc, entry=entry: rcc.read(entry))
             if rec := _make(spec, path, target):
                 yield rec
 
