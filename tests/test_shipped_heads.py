@@ -44,8 +44,8 @@ def window_of(recording) -> np.ndarray:
 @pytest.mark.parametrize("label,accepted", [
     ("Bark", {"Dog", "Bark", "Domestic animals, pets", "Animal"}),
     ("Piano", {"Piano", "Keyboard (musical)", "Musical instrument", "Music"}),
-    (FEMALE, {"Speech", FEMALE, "Narration, monologue"}),
-    (MALE, {"Speech", MALE, "Speech synthesizer", "Narration, monologue"}),
+    (FEMALE, {"Speech", FEMALE}),
+    (MALE, {"Speech", MALE, "Speech synthesizer"}),
 ])  # fmt: skip
 def test_shipped_head_names_held_out_sounds(recordings, model_name, label, accepted):
     if shipped_head_path(model_name) is None:
@@ -60,13 +60,7 @@ def test_shipped_head_names_held_out_sounds(recordings, model_name, label, accep
         [(t.label, round(t.probability, 2)) for t in top],
     )
     assert top[0].probability > 0.5
-    # A true label of the recording, as the corpus the heads were trained on (build 3)
-    # gave it: build 3 also labelled the Asterisk and flite prompts Narration, build 4
-    # does not (docs/corpus.md).
-    build3_labels = set(recording.labels)
-    if recording.source in ("asterisk", "flite"):
-        build3_labels.add("Narration, monologue")
-    assert top[0].label in build3_labels
+    assert top[0].label in recording.labels
 
 
 def said_sex(model, recording) -> str:
@@ -75,33 +69,19 @@ def said_sex(model, recording) -> str:
     return MALE if p[male] > p[female] else FEMALE
 
 
-def test_shipped_tiny_head_tells_male_from_female_speech_of_an_unseen_package(recordings):
-    """Every flite recording with a sex label: flite is one of the packages the tiny.en
-    heads were trained without (three voices, 172 recordings). Measured: 154 right with
-    the shipped TL-TR (155 with the head it replaced); one near-tie flips between them,
-    so a single recording is no test."""
-    model = whisper_at.load_model("tiny.en", device="cpu")
+@pytest.mark.parametrize("model_name", ["tiny.en", "base"])
+def test_shipped_head_tells_male_from_female_speech_of_an_unseen_package(recordings, model_name):
+    """Every flite recording with a sex label: flite is one of the packages the shipped
+    heads were trained without (three voices, 172 recordings). Measured right: tiny.en
+    TL-TR 154 (155 with the head it replaced), base TL-TR BASE_RIGHT; one near-tie flips
+    between heads, so a single recording is no test."""
+    model = whisper_at.load_model(model_name, device="cpu")
     assert "debian:flite=2.2-5" in model.head.config.held_out_sources
     voices = [
         r for r in recordings.values() if r.source == "flite" and {MALE, FEMALE} & set(r.labels)
     ]
     right = sum(said_sex(model, r) in r.labels for r in voices)
     assert len(voices) == 172 and right >= 0.85 * len(voices), right
-
-
-def test_shipped_base_head_tells_male_from_female_speech(recordings):
-    """Speakers of the base heads' test split: two male flite voices, the female one, and
-    the Asterisk speaker (the base heads are corpus build 3's, which trained on flite)."""
-    model = whisper_at.load_model("base", device="cpu")
-    for recording_id, sex in [
-        ("flite:rms/conf-onlyperson", MALE),
-        ("flite:awb/conf-invalid", MALE),
-        ("flite:slt/vm-dialout", FEMALE),
-        ("asterisk:agent-pass", FEMALE),
-    ]:
-        recording = recordings[recording_id]
-        assert sex in recording.labels
-        assert said_sex(model, recording) == sex, recording_id
 
 
 def test_shipped_heads_carry_their_provenance():
@@ -136,11 +116,12 @@ def quiet_recording() -> np.ndarray:
 
 
 @pytest.mark.parametrize("at_low_compute", [False, True])
-def test_shipped_tiny_head_tags_nothing_on_silence_and_only_speech_on_speech(
-    quiet_recording, at_low_compute
+@pytest.mark.parametrize("model_name", ["tiny.en", "base"])
+def test_shipped_heads_tag_nothing_on_silence_and_only_speech_on_speech(
+    quiet_recording, model_name, at_low_compute
 ):
     """With threshold "auto" noise-level tags (silence's Music 0.13) are not listed."""
-    model = whisper_at.load_model("tiny.en", device="cpu", at_low_compute=at_low_compute)
+    model = whisper_at.load_model(model_name, device="cpu", at_low_compute=at_low_compute)
     assert model.head.config.thresholds is not None
     for name, audio in [("zeros", np.zeros(30 * 16000, np.float32)), ("quiet", quiet_recording)]:
         tags = [t for w in model.tag(audio).windows(top_k=10) for t in w.tags]
@@ -153,7 +134,7 @@ def test_shipped_tiny_head_tags_nothing_on_silence_and_only_speech_on_speech(
     ]
 
 
-# Packages the shipped tiny.en heads were trained without (corpus build 4's held-out
+# Packages the shipped heads were trained without (corpus build 4's held-out
 # packages, docs/results.md): GCompris's recordings and Battle for Wesnoth's and Scorched
 # 3D's sound effects, made by other people with other recording chains.
 UNSEEN_PACKAGES = {"gcompris": "gcompris-qt-data", "wesnoth": "wesnoth", "scorched3d": "scorched3d"}
@@ -174,13 +155,14 @@ def unseen_recordings():
 
 
 @pytest.mark.parametrize("at_low_compute", [False, True])
-def test_shipped_tiny_heads_name_everyday_sounds_of_packages_they_never_saw(
-    unseen_recordings, at_low_compute
+@pytest.mark.parametrize("model_name", ["tiny.en", "base"])
+def test_shipped_heads_name_everyday_sounds_of_packages_they_never_saw(
+    unseen_recordings, model_name, at_low_compute
 ):
     """Fifteen everyday classes or more (the issue asks ten; the build 3 head managed 12 on
     the two game packages alone): most of their recordings have a true label among the
     head's three most probable classes, whatever the thresholds."""
-    model = whisper_at.load_model("tiny.en", device="cpu", at_low_compute=at_low_compute)
+    model = whisper_at.load_model(model_name, device="cpu", at_low_compute=at_low_compute)
     held_out = " ".join(model.head.config.held_out_sources or [])
     assert all(f"debian:{p}" in held_out for p in UNSEEN_PACKAGES.values()), held_out
     hits: dict[str, list[bool]] = {name: [] for name in EVERYDAY}
