@@ -73,8 +73,8 @@ def said_sex(model, recording) -> str:
 def test_shipped_head_tells_male_from_female_speech_of_an_unseen_package(recordings, model_name):
     """Every flite recording with a sex label: flite is one of the packages the shipped
     heads were trained without (three voices, 172 recordings). Measured right: tiny.en
-    TL-TR 154 (155 with the head it replaced), base TL-TR BASE_RIGHT; one near-tie flips
-    between heads, so a single recording is no test."""
+    TL-TR 154 (155 with the head it replaced), base TL-TR 172; one near-tie flips between
+    heads, so a single recording is no test."""
     model = whisper_at.load_model(model_name, device="cpu")
     assert "debian:flite=2.2-5" in model.head.config.held_out_sources
     voices = [
