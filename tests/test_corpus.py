@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import wave
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from helpers import write_wav
 
 from whisper_at.audio import load_audio
 from whisper_at.labels import audioset_labels
@@ -91,28 +91,20 @@ def _cat(sounds: list[tuple[str, bytes]], new_format: bool = True) -> bytes:
     return head + body
 
 
-def _wav(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((samples * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("new_format", [True, False])
 def test_cat_round_trip(tmp_path, new_format: bool):
     tone = np.sin(np.arange(1600) * 0.1) * 0.5
-    sounds = [('"Big crash". By X. License: CC0.', _wav(tone)), ('"Wind". By Y.', _wav(tone[:800]))]
+    crash = write_wav(tmp_path / "crash.wav", tone).read_bytes()
+    wind = write_wav(tmp_path / "wind.wav", tone[:800]).read_bytes()
+    sounds = [('"Big crash". By X. License: CC0.', crash), ('"Wind". By Y.', wind)]
     path = tmp_path / "sounds.cat"
     path.write_bytes(_cat(sounds, new_format))
     entries = read_cat(path)
     assert [e.title for e in entries] == ["Big crash", "Wind"]
     assert [e.filename for e in entries] == ["00_big_crash.wav", "01_wind.wav"]
     assert entries[0].name == sounds[0][0] and entries[1].data == sounds[1][1]
-    (tmp_path / "wind.wav").write_bytes(entries[1].data)
-    assert np.abs(load_audio(tmp_path / "wind.wav") - tone[:800]).max() < 1e-3
+    (tmp_path / "read.wav").write_bytes(entries[1].data)
+    assert np.abs(load_audio(tmp_path / "read.wav") - tone[:800]).max() < 1e-3
 
 
 def test_cat_rejects_other_files(tmp_path):
