@@ -186,4 +186,14 @@ def test_events_are_scored_on_the_held_out_packages(store, tmp_path):
     assert held_out["held_out_sources"] == ["reader-b"] and held_out["split_scheme"] == "source"
     assert held_out["n_clips"] == 8 and held_out["n_reference_events"] == 8
     assert held_out["classes"] == ["Speech"]
-    assert "Held-out sources: reader-b." in out.with_suffix(".md").read_text()
+    # the shipped head was trained on other packages: the report says these were seen
+    assert held_out["trained_without_them"] is False
+    assert "trained on these sources too" in out.with_suffix(".md").read_text()
+    unseen = train_head(
+        features, "mean_linear", out=tmp_path / "h.safetensors", epochs=1, progress=False,
+        split_scheme="source",
+    )  # fmt: skip
+    report = evaluate_events(
+        features, unseen.head, split_scheme="source", tracks=window, progress=False
+    )
+    assert report["trained_without_them"] is True and report["n_clips"] == 8

@@ -537,9 +537,11 @@ def evaluate_events_main(argv: list[str] | None = None) -> int:
             out=args.out,
             progress=not args.no_progress,
         )
+        trained = report["trained_without_them"]
         print(
-            f"{report['split']} ({report['split_scheme']} split): {report['n_clips']} clips, "
-            f"{report['n_reference_events']} "
+            f"{report['split']} ({report['split_scheme']} split"
+            + ("" if trained is None else f", trained without them: {'yes' if trained else 'NO'}")
+            + f"): {report['n_clips']} clips, {report['n_reference_events']} "
             f"reference events, {len(report['classes'])} classes"
         )
         for r in report["rows"]:

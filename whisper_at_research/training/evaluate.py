@@ -30,7 +30,7 @@ from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK, Threshold
 
 from .features import FeatureSet, FeatureStoreError, extract_features, load_features
 from .metrics import calibration, tagging_metrics
-from .source_split import with_scheme
+from .source_split import held_out_sentence, with_scheme
 from .train import predict
 
 
@@ -282,13 +282,7 @@ def report_markdown(report: dict) -> str:
         lines.append(_summary_row("held-out sources", held))
         lines += [
             "",
-            f"Held-out sources: {', '.join(held['held_out_sources'])}. "
-            + (
-                "The head was trained without them."
-                if held["trained_without_them"]
-                else "**The head was trained on these sources too, so this row does not "
-                "measure unseen sources** (train one with `--split-scheme source`)."
-            ),
+            held_out_sentence(held["held_out_sources"], held["trained_without_them"]),
             f"Classes only the held-out sources carry (untrained there): "
             f"{', '.join(held['untrained_classes']) or '-'}.",
         ]

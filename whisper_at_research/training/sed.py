@@ -45,7 +45,7 @@ from whisper_at.tagging import BIN_SECONDS, EventTrack, TaggingResult, TrackOpti
 
 from .features import FeatureStoreError, load_features
 from .manifest import placed_events
-from .source_split import with_scheme
+from .source_split import held_out_sentence, with_scheme
 
 logger = logging.getLogger("whisper_at")
 
@@ -232,6 +232,9 @@ def evaluate_events(
         "split": split,
         "split_scheme": split_scheme,
         "held_out_sources": None if source is None else list(source.held_out),
+        "trained_without_them": None
+        if source is None
+        else set(source.held_out) <= set(cfg.held_out_sources or []),
         "n_clips": len(data),
         "n_reference_events": sum(len(events) for events in reference.values()),
         "classes": classes,
@@ -304,7 +307,7 @@ def report_markdown(report: dict) -> str:
     lines = [
         f"# Sound-event detection: {report['split']} split ({scheme} scheme)",
         "",
-        *([f"Held-out sources: {', '.join(held_out)}.", ""] if held_out else []),
+        *([held_out_sentence(held_out, report["trained_without_them"]), ""] if held_out else []),
         f"{report['n_clips']} clips, {report['n_reference_events']} reference events of "
         f"{len(report['classes'])} classes; head {report['head']}; store {report['features']}.",
         "Post-processing: high threshold / low ratio / median bins / min duration s / max gap s.",

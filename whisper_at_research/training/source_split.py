@@ -184,3 +184,14 @@ def with_scheme(
     kept = [i for i, s in enumerate(split.splits) if s is not None]
     relabelled = dataclasses.replace(data, splits=[s or "" for s in split.splits])
     return relabelled.subset(kept), split
+
+
+def held_out_sentence(held_out: list[str], trained_without_them: bool) -> str:
+    """The reports' warning when a head's held-out-source scores measure seen packages."""
+    if trained_without_them:
+        return f"Held-out sources: {', '.join(held_out)}. The head was trained without them."
+    return (
+        f"Held-out sources: {', '.join(held_out)}. **The head was trained on these sources "
+        "too, so these scores do not measure unseen sources** (train one with "
+        "`--split-scheme source`)."
+    )
