@@ -169,7 +169,9 @@ def test_crop_training_needs_the_placed_events(store, tmp_path, capsys):
 
 def test_events_are_scored_on_the_held_out_packages(store, tmp_path):
     """``evaluate-events --split-scheme source`` scores the clips of packages held out."""
+    from whisper_at_research.training.calibrate import calibrate_head
     from whisper_at_research.training.cli import evaluate_events_main
+    from whisper_at_research.training.evaluate import evaluate_head
     from whisper_at_research.training.sed import TrackChoice, evaluate_events
 
     _, features = store
@@ -189,11 +191,27 @@ def test_events_are_scored_on_the_held_out_packages(store, tmp_path):
     # the shipped head was trained on other packages: the report says these were seen
     assert held_out["trained_without_them"] is False
     assert "trained on these sources too" in out.with_suffix(".md").read_text()
-    unseen = train_head(
-        features, "mean_linear", out=tmp_path / "h.safetensors", epochs=1, progress=False,
-        split_scheme="source",
+    # a head trained without the other reader is scored on that reader's 9 clips by default
+    path = tmp_path / "h.safetensors"
+    trained = train_head(
+        features, "mean_linear", out=path, epochs=1, progress=False,
+        split_scheme="source", held_out_sources=("reader-a",),
     )  # fmt: skip
     report = evaluate_events(
-        features, unseen.head, split_scheme="source", tracks=window, progress=False
+        features, trained.head, split_scheme="source", tracks=window, progress=False
     )
-    assert report["trained_without_them"] is True and report["n_clips"] == 8
+    assert report["held_out_sources"] == ["reader-a"] and report["held_out_from"] == "the head's"
+    assert report["trained_without_them"] is True and report["n_clips"] == 9
+    given = evaluate_events(
+        features, path, split_scheme="source", held_out_sources=["reader-b"], tracks=window,
+        progress=False,
+    )  # fmt: skip
+    assert given["held_out_from"] == "given" and given["trained_without_them"] is False
+    assert given["n_clips"] == 8
+    # evaluate and calibrate take the same default
+    held = evaluate_head(path, features, progress=False)["held_out_source"]
+    assert held["held_out_sources"] == ["reader-a"] and held["trained_without_them"] is True
+    calibrated = calibrate_head(path, features, tmp_path / "c.safetensors", split_scheme="source")
+    assert calibrated["held_out_sources"] == ["reader-a"]
+    # valid: the valid clips of reader-b (1) and the sine (2), and reader-b's test clip (1)
+    assert calibrated["n_clips"] == 4

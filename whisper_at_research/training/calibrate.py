@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK
 from .evaluate import align_targets
 from .features import FeatureStoreError, load_features
 from .metrics import calibration, f1_optimal_threshold
-from .source_split import with_scheme
+from .source_split import with_scheme_for_head
 from .train import predict
 
 MIN_POSITIVES = 5  # positive clips in the split for a class to get its own threshold
@@ -73,6 +74,7 @@ def calibrate_head(
     *,
     split: str = "valid",
     split_scheme: str = "recording",
+    held_out_sources: Sequence[str] | None = None,
     min_positives: int = MIN_POSITIVES,
     fallback: float = AUTO_THRESHOLD_FALLBACK,
     floor: float = THRESHOLD_FLOOR,
@@ -83,10 +85,14 @@ def calibrate_head(
 
     The report holds each class's threshold and rule, and the calibration of the head's
     probabilities on that split (expected calibration error, reliability table).
+    ``held_out_sources`` (with ``split_scheme="source"``): packages kept out of the split
+    (default: those the head was trained without, else the store's rule).
     """
     head: TaggingHead = load_head(head_path)
     cfg = head.config
-    data, _ = with_scheme(load_features(features_dir), split_scheme)
+    data, source, origin = with_scheme_for_head(
+        load_features(features_dir), split_scheme, cfg.held_out_sources, held_out_sources
+    )
     data = data.split(split)
     if len(data) == 0:
         raise FeatureStoreError(f"the feature store has no clips in split {split!r}")
@@ -108,6 +114,8 @@ def calibrate_head(
         "out": str(out),
         "split": split,
         "split_scheme": split_scheme,
+        "held_out_sources": None if source is None else list(source.held_out),
+        "held_out_from": origin,
         "n_clips": len(data),
         "rules": {
             "min_positives": min_positives,

@@ -187,6 +187,16 @@ def features_main(argv: list[str] | None = None) -> int:
     return _run(run, args, "whisper-at features extract")
 
 
+def _add_held_out_sources(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--held-out-sources", type=_list(str), metavar="PKG,PKG", help=text)
+
+
+SCORED_HELD_OUT = (
+    "the held-out packages to score on (default: those the head was trained without, "
+    "else the store's rule)"
+)
+
+
 # -- whisper-at train ------------------------------------------------------------------------
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -235,11 +245,9 @@ def train_parser() -> argparse.ArgumentParser:
         help="recording: the store's splits; source: train without the held-out source "
         "packages, so `evaluate` measures sources the head never saw",
     )
-    p.add_argument(
-        "--held-out-sources",
-        type=_list(str),
-        metavar="PKG,PKG",
-        help="with --split-scheme source: hold out these packages instead of the store's rule "
+    _add_held_out_sources(
+        p,
+        "with --split-scheme source: hold out these packages instead of the store's rule "
         "(e.g. another corpus build's set, to judge both heads on the same unseen packages)",
     )
     p.add_argument(
@@ -331,6 +339,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
         help="what counts as predicted (precision/recall, confusions): auto (the head's "
         "per-class thresholds) or a probability",
     )
+    _add_held_out_sources(p, SCORED_HELD_OUT)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", help="cpu or cuda, for feature extraction")
     p.add_argument("--no-progress", action="store_true")
@@ -357,6 +366,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
             split=args.split,
             out=args.out,
             threshold=args.threshold,
+            held_out_sources=args.held_out_sources,
             batch_size=args.batch_size,
             device=args.device,
             progress=not args.no_progress,
@@ -399,6 +409,11 @@ def calibrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="head with thresholds to write (may be HEAD)")
     p.add_argument("--split", default="valid", choices=("train", "valid", "test"))
     p.add_argument("--split-scheme", choices=SPLIT_SCHEMES, default="recording")
+    _add_held_out_sources(
+        p,
+        "with --split-scheme source: the packages kept out of the split (default: those "
+        "the head was trained without, else the store's rule)",
+    )
     p.add_argument(
         "--min-positives",
         type=positive_int,
@@ -437,6 +452,7 @@ def calibrate_main(argv: list[str] | None = None) -> int:
             args.out,
             split=args.split,
             split_scheme=args.split_scheme,
+            held_out_sources=args.held_out_sources,
             min_positives=args.min_positives,
             fallback=fallback,
             floor=args.floor,
@@ -494,6 +510,7 @@ def evaluate_events_parser() -> argparse.ArgumentParser:
         default="recording",
         help="source: the held-out-source split (test = packages a source-trained head never saw)",
     )
+    _add_held_out_sources(p, "with --split-scheme source: " + SCORED_HELD_OUT)
     p.add_argument(
         "--track",
         action="append",
@@ -532,6 +549,7 @@ def evaluate_events_main(argv: list[str] | None = None) -> int:
             args.head,
             split=args.split,
             split_scheme=args.split_scheme,
+            held_out_sources=args.held_out_sources,
             tracks=args.track,
             event_options=options,
             out=args.out,

@@ -20,6 +20,7 @@ import math
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK, Threshold
 
 from .features import FeatureSet, FeatureStoreError, extract_features, load_features
 from .metrics import calibration, tagging_metrics
-from .source_split import held_out_sentence, with_scheme
+from .source_split import held_out_sentence, with_scheme_for_head
 from .train import predict
 
 
@@ -57,6 +58,7 @@ def evaluate_head(
     split: str = "test",
     out: str | os.PathLike | None = None,
     threshold: Threshold = "auto",
+    held_out_sources: Sequence[str] | None = None,
     batch_size: int = 8,
     device: str | None = None,
     progress: bool = True,
@@ -68,6 +70,8 @@ def evaluate_head(
     both are given (resumable), else into a temporary folder. ``threshold`` decides
     what counts as predicted (precision/recall, confusions): "auto" is the head's
     per-class thresholds (``AUTO_THRESHOLD_FALLBACK`` without them), or one probability.
+    ``held_out_sources``: the packages of the held-out-source report (default: see
+    :func:`with_scheme_for_head`).
     """
     head = head_path if isinstance(head_path, TaggingHead) else load_head(head_path)
     cfg = head.config
@@ -93,7 +97,9 @@ def evaluate_head(
             )
         data = load_features(features_dir)
         report = _evaluate(head, data.split(split), split, threshold)
-        report["held_out_source"] = _held_out_source_report(head, data, split, threshold)
+        report["held_out_source"] = _held_out_source_report(
+            head, data, split, threshold, held_out_sources
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -108,11 +114,17 @@ def evaluate_head(
 
 
 def _held_out_source_report(
-    head: TaggingHead, data: FeatureSet, split: str, threshold: Threshold
+    head: TaggingHead,
+    data: FeatureSet,
+    split: str,
+    threshold: Threshold,
+    given: Sequence[str] | None,
 ) -> dict:
     """The report on the held-out-source split, or why there is none."""
     try:
-        relabelled, source = with_scheme(data, "source")
+        relabelled, source, origin = with_scheme_for_head(
+            data, "source", head.config.held_out_sources, given
+        )
         report = _evaluate(head, relabelled.split(split), split, threshold)
     except FeatureStoreError as e:
         return {"available": False, "reason": str(e)}
@@ -122,6 +134,7 @@ def _held_out_source_report(
     return {
         "available": True,
         "held_out_sources": list(source.held_out),
+        "held_out_from": origin,
         "trained_without_them": set(source.held_out) <= excluded,
         "covered_classes": [names[c] for c in source.covered],
         "untrained_classes": [names[c] for c in source.untrained],
@@ -282,7 +295,9 @@ def report_markdown(report: dict) -> str:
         lines.append(_summary_row("held-out sources", held))
         lines += [
             "",
-            held_out_sentence(held["held_out_sources"], held["trained_without_them"]),
+            held_out_sentence(
+                held["held_out_sources"], held["held_out_from"], held["trained_without_them"]
+            ),
             f"Classes only the held-out sources carry (untrained there): "
             f"{', '.join(held['untrained_classes']) or '-'}.",
         ]

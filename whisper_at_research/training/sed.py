@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,9 +44,9 @@ from whisper_at.labels import LabelSet
 from whisper_at.pipeline import shipped_head_path
 from whisper_at.tagging import BIN_SECONDS, EventTrack, TaggingResult, TrackOptions
 
-from .features import FeatureStoreError, load_features
+from .features import FeatureStoreError, load_features, read_meta
 from .manifest import placed_events
-from .source_split import held_out_sentence, with_scheme
+from .source_split import held_out_sentence, with_scheme_for_head
 
 logger = logging.getLogger("whisper_at")
 
@@ -138,6 +139,7 @@ def evaluate_events(
     *,
     split: str = "test",
     split_scheme: str = "recording",
+    held_out_sources: Sequence[str] | None = None,
     tracks: list[TrackChoice] | None = None,
     event_options: list[EventOptions] | None = None,
     out: str | os.PathLike | None = None,
@@ -148,26 +150,29 @@ def evaluate_events(
 
     ``head``: a checkpoint, or None for the head shipped for the store's Whisper;
     ``split_scheme``: "source" scores the held-out-source split (its ``test``: packages a
-    head trained with that scheme never saw).
+    head trained with that scheme never saw); ``held_out_sources``: those packages
+    (default: the ones the head was trained without, else the store's rule).
     """
     import sed_scores_eval
 
+    if head is None:
+        whisper_name = read_meta(features_dir)["whisper_name"]
+        head = shipped_head_path(whisper_name)
+        if head is None:
+            raise ValueError(f"no head ships for {whisper_name}: give one")
+    head_name = "<in memory>" if isinstance(head, TaggingHead) else str(head)
+    head = head if isinstance(head, TaggingHead) else load_head(head)
+    cfg = head.config
     if split_scheme == "recording":
-        data, source = load_features(features_dir, splits=[split]), None
+        data, source, origin = load_features(features_dir, splits=[split]), None, None
     else:
-        data, source = with_scheme(load_features(features_dir), split_scheme)
+        data, source, origin = with_scheme_for_head(
+            load_features(features_dir), split_scheme, cfg.held_out_sources, held_out_sources
+        )
         data = data.split(split)
     if len(data) == 0:
         raise FeatureStoreError(f"{features_dir} has no {split} clips")
     meta = data.meta
-    if head is None:
-        path = shipped_head_path(meta["whisper_name"])
-        if path is None:
-            raise ValueError(f"no head ships for {meta['whisper_name']}: give one")
-        head = path
-    head_name = "<in memory>" if isinstance(head, TaggingHead) else str(head)
-    head = head if isinstance(head, TaggingHead) else load_head(head)
-    cfg = head.config
     cfg.check_encoder(meta["n_layer"], meta["d_model"], f"the store {features_dir}")
     labels = cfg.labels
     reported = set(cfg.reported_classes)
@@ -232,6 +237,7 @@ def evaluate_events(
         "split": split,
         "split_scheme": split_scheme,
         "held_out_sources": None if source is None else list(source.held_out),
+        "held_out_from": origin,
         "trained_without_them": None
         if source is None
         else set(source.held_out) <= set(cfg.held_out_sources or []),
@@ -304,10 +310,12 @@ def options_label(options: dict) -> str:
 def report_markdown(report: dict) -> str:
     scheme = report.get("split_scheme", "recording")
     held_out = report.get("held_out_sources")
+    header = [f"# Sound-event detection: {report['split']} split ({scheme} scheme)", ""]
+    if held_out:
+        origin = report["held_out_from"]
+        header += [held_out_sentence(held_out, origin, report["trained_without_them"]), ""]
     lines = [
-        f"# Sound-event detection: {report['split']} split ({scheme} scheme)",
-        "",
-        *([held_out_sentence(held_out, report["trained_without_them"]), ""] if held_out else []),
+        *header,
         f"{report['n_clips']} clips, {report['n_reference_events']} reference events of "
         f"{len(report['classes'])} classes; head {report['head']}; store {report['features']}.",
         "Post-processing: high threshold / low ratio / median bins / min duration s / max gap s.",

@@ -186,12 +186,39 @@ def with_scheme(
     return relabelled.subset(kept), split
 
 
-def held_out_sentence(held_out: list[str], trained_without_them: bool) -> str:
+def with_scheme_for_head(
+    data: FeatureSet,
+    scheme: str,
+    head_held_out: Sequence[str] | None,
+    given: Sequence[str] | None = None,
+) -> tuple[FeatureSet, SourceSplit | None, str | None]:
+    """:func:`with_scheme` for judging or calibrating a head, and where the held-out list
+    came from.
+
+    Held out: the ``given`` packages (to judge several heads on the same ones); else those
+    the head was trained without when the store has any of them, so a head judged on
+    another build of the corpus is still scored on what it never saw; else the store's rule.
+    """
+    if scheme != "source":
+        return *with_scheme(data, scheme), None
+    stored = {p for packages in _require_sources(data) for p in packages}
+    if given:
+        held, origin = tuple(given), "given"
+    elif head_held_out and stored & set(head_held_out):
+        held, origin = tuple(head_held_out), "the head's"
+    else:
+        held, origin = None, "the store's rule"
+    relabelled, split = with_scheme(data, scheme, held, absent_ok=held is not None)
+    return relabelled, split, origin
+
+
+def held_out_sentence(held_out: list[str], origin: str, trained_without_them: bool) -> str:
     """The reports' warning when a head's held-out-source scores measure seen packages."""
+    listed = f"Held-out sources ({origin}): {', '.join(held_out)}."
     if trained_without_them:
-        return f"Held-out sources: {', '.join(held_out)}. The head was trained without them."
+        return f"{listed} The head was trained without them."
     return (
-        f"Held-out sources: {', '.join(held_out)}. **The head was trained on these sources "
+        f"{listed} **The head was trained on these sources "
         "too, so these scores do not measure unseen sources** (train one with "
         "`--split-scheme source`)."
     )
