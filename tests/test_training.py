@@ -628,7 +628,7 @@ def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):
     # a head trained on every package is flagged: its number does not measure unseen sources
     recording = evaluate_head(trained.path, features, progress=False)
     assert recording["held_out_source"]["trained_without_them"] is False
-    assert "does not measure unseen sources" in report_markdown(recording)
+    assert "do not measure unseen sources" in report_markdown(recording)
 
 
 def test_a_store_without_sources_says_why_it_has_no_source_split(trained, store, tmp_path):
