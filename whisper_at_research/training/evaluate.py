@@ -129,13 +129,12 @@ def _held_out_source_report(
     except FeatureStoreError as e:
         return {"available": False, "reason": str(e)}
     assert source is not None
-    excluded = set(head.config.held_out_sources or [])
     names = head.config.label_names
     return {
         "available": True,
         "held_out_sources": list(source.held_out),
         "held_out_from": origin,
-        "trained_without_them": set(source.held_out) <= excluded,
+        "trained_without_them": source.unseen_by(head.config.held_out_sources),
         "covered_classes": [names[c] for c in source.covered],
         "untrained_classes": [names[c] for c in source.untrained],
         **report,

@@ -238,9 +238,7 @@ def evaluate_events(
         "split_scheme": split_scheme,
         "held_out_sources": None if source is None else list(source.held_out),
         "held_out_from": origin,
-        "trained_without_them": None
-        if source is None
-        else set(source.held_out) <= set(cfg.held_out_sources or []),
+        "trained_without_them": None if source is None else source.unseen_by(cfg.held_out_sources),
         "n_clips": len(data),
         "n_reference_events": sum(len(events) for events in reference.values()),
         "classes": classes,

@@ -54,6 +54,10 @@ class SourceSplit:
     covered: list[int]  # well-covered classes that have held-out test clips
     untrained: list[int]  # classes carried by held-out packages only
 
+    def unseen_by(self, head_held_out: Sequence[str] | None) -> bool:
+        """Whether a head trained without ``head_held_out`` never saw these packages."""
+        return set(self.held_out) <= set(head_held_out or [])
+
 
 def _require_sources(data: FeatureSet) -> list[tuple[str, ...]]:
     if data.sources is None:
@@ -201,10 +205,9 @@ def with_scheme_for_head(
     """
     if scheme != "source":
         return *with_scheme(data, scheme), None
-    stored = {p for packages in _require_sources(data) for p in packages}
     if given:
         held, origin = tuple(given), "given"
-    elif head_held_out and stored & set(head_held_out):
+    elif head_held_out and set(head_held_out) & {p for ps in _require_sources(data) for p in ps}:
         held, origin = tuple(head_held_out), "the head's"
     else:
         held, origin = None, "the store's rule"
