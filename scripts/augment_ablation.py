@@ -125,9 +125,11 @@ def run_head(args: argparse.Namespace, variant: str, views: Path | None, seed: i
             progress=not args.no_progress,
             **options,
         )
-    report = evaluate_head(
-        head_path, args.base, out=head_path.with_suffix(".eval.json"), progress=False
-    )
+    report_path = head_path.with_suffix(".eval.json")
+    if report_path.is_file() and report_path.stat().st_mtime > head_path.stat().st_mtime:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    else:
+        report = evaluate_head(head_path, args.base, out=report_path, progress=False)
     held = report["held_out_source"]
     record = json.loads(Path(str(head_path) + ".curves.json").read_text(encoding="utf-8"))
     views_record = record.get("augmented") or [{}]
@@ -149,6 +151,9 @@ def run_head(args: argparse.Namespace, variant: str, views: Path | None, seed: i
         "held_out_sources": held["held_out_sources"],
         "valid_mAP": record["final"].get("mAP"),
         "head": str(head_path),
+        "per_class": {
+            c["name"]: {"ap": c["ap"], "positives": c["positives"]} for c in held["per_class"]
+        },
     }
 
 
@@ -207,7 +212,43 @@ def write_table(row: dict, out: Path, args: argparse.Namespace) -> None:
             f"| {mean('held_out_top1'):.3f} / {mean('held_out_top3'):.3f} "
             f"| {mean('valid_mAP'):.3f} |"
         )
+    lines += per_class_changes(rows)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def per_class_changes(rows: list[dict], shown: int = 6, min_positives: int = 5) -> list[str]:
+    """Markdown lines: per variant, the classes whose held-out AP (mean over seeds) moved
+    most against ``none``, among classes with at least ``min_positives`` held-out clips."""
+
+    def mean_ap(variant: str) -> dict[str, float]:
+        runs = [r["per_class"] for r in rows if r["variant"] == variant and "per_class" in r]
+        names = set.intersection(*(set(r) for r in runs)) if runs else set()
+        return {
+            n: sum(r[n]["ap"] for r in runs) / len(runs)
+            for n in names
+            if runs[0][n]["positives"] >= min_positives
+        }
+
+    base = mean_ap("none")
+    if not base:
+        return []
+    lines = [
+        "",
+        f"Largest per-class changes of held-out AP against `none` (mean over seeds; classes "
+        f"with at least {min_positives} held-out clips):",
+        "",
+        "| augmentation | gains | losses |",
+        "|---|---|---|",
+    ]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        aps = mean_ap(variant)
+        if variant == "none" or not aps:
+            continue
+        deltas = sorted((aps[n] - base[n], n) for n in aps.keys() & base.keys())
+        gains = ", ".join(f"{n} {d:+.2f}" for d, n in reversed(deltas[-shown:]) if d > 0)
+        losses = ", ".join(f"{n} {d:+.2f}" for d, n in deltas[:shown] if d < 0)
+        lines.append(f"| {variant} | {gains or '-'} | {losses or '-'} |")
+    return lines
 
 
 def main() -> None:
