@@ -27,6 +27,7 @@ import torch
 
 from whisper_at.labels import audioset_labels
 from whisper_at_research.training.augment import FAMILIES, AugmentConfig
+from whisper_at_research.training.cli import comma_list
 from whisper_at_research.training.evaluate import evaluate_head
 from whisper_at_research.training.features import FeatureSet, extract_features, read_meta
 from whisper_at_research.training.manifest import label_indices, read_manifest
@@ -37,9 +38,7 @@ logger = logging.getLogger("whisper_at")
 VARIANTS = ("none", *FAMILIES, "all")
 
 
-def training_side_manifest(
-    manifest: Path, out: Path, held_out: tuple[str, ...] | None = None
-) -> Path:
+def training_side_manifest(manifest: Path, out: Path, held_out: list[str] | None = None) -> Path:
     """The clips on the training side of the held-out-source split, as a manifest.
 
     ``held_out``: the packages held out (default: the store's rule). Clip ids are kept
@@ -119,7 +118,7 @@ def run_head(args: argparse.Namespace, variant: str, views: Path | None, seed: i
             lr=args.lr,
             seed=seed,
             split_scheme="source",
-            held_out_sources=args.held_out,
+            held_out_sources=args.held_out_sources,
             crop_seconds=args.crop_seconds,
             augmented=(str(views),) if views else (),
             progress=not args.no_progress,
@@ -159,7 +158,7 @@ def run_head(args: argparse.Namespace, variant: str, views: Path | None, seed: i
 
 CONDITIONS = (
     "head_type", "proj_dim", "crop_seconds", "epochs", "lr", "copies", "probability",
-    "view_seed", "held_out",
+    "view_seed", "held_out_sources",
 )  # fmt: skip
 
 
@@ -174,7 +173,6 @@ def write_table(row: dict, out: Path, args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".json")
     conditions = {k: getattr(args, k) for k in CONDITIONS}
-    conditions["held_out"] = list(args.held_out) if args.held_out else None
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     rows = old.get("rows", []) if old.get("conditions") == conditions else []
     key = (row["variant"], row["seed"])
@@ -262,6 +260,7 @@ def main() -> None:
     parser.add_argument("--crop-seconds", type=float, help="also train on crops (train's)")
     parser.add_argument(
         "--held-out-sources",
+        type=comma_list(str),
         help="comma-separated packages to hold out (default: the store's rule)",
     )
     parser.add_argument("--epochs", type=int, default=30)
@@ -269,7 +268,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (1 on a shared machine)")
     parser.add_argument("--copies", type=int, default=1)
     parser.add_argument("--probability", type=float, default=0.5)
-    parser.add_argument("--seeds", default="0", help="heads' seeds, comma-separated")
+    parser.add_argument(
+        "--seeds", type=comma_list(int), default=[0], help="heads' seeds, comma-separated"
+    )
     parser.add_argument("--view-seed", type=int, default=0, help="the views' draws")
     parser.add_argument("--out", type=Path, default=Path("docs/measurements/augment_ablation"))
     parser.add_argument("--no-progress", action="store_true")
@@ -278,24 +279,15 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds takes comma-separated integers, not {args.seeds!r}")
-    args.held_out = (
-        tuple(p.strip() for p in args.held_out_sources.split(",") if p.strip())
-        if args.held_out_sources
-        else None
-    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     train_manifest = training_side_manifest(
-        args.manifest, args.work / "train-side.jsonl", args.held_out
+        args.manifest, args.work / "train-side.jsonl", args.held_out_sources
     )
     for variant in variants:
         views = make_views(args, variant, train_manifest)
-        for seed in seeds:
+        for seed in args.seeds:
             row = run_head(args, variant, views, seed)
             write_table(row, args.out, args)
             logger.info("%s seed %d: held-out mAP %.4f", variant, seed, row["held_out_mAP"])

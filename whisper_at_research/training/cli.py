@@ -187,8 +187,17 @@ def features_main(argv: list[str] | None = None) -> int:
     return _run(run, args, "whisper-at features extract")
 
 
+def comma_list(parse):
+    """An argparse type for a comma list of ``parse``-d values (also for scripts/)."""
+
+    def parse_list(text: str) -> list:
+        return [parse(item.strip()) for item in text.split(",")]
+
+    return parse_list
+
+
 def _add_held_out_sources(p: argparse.ArgumentParser, text: str) -> None:
-    p.add_argument("--held-out-sources", type=_list(str), metavar="PKG,PKG", help=text)
+    p.add_argument("--held-out-sources", type=comma_list(str), metavar="PKG,PKG", help=text)
 
 
 SCORED_HELD_OUT = (
@@ -476,15 +485,6 @@ def calibrate_main(argv: list[str] | None = None) -> int:
 
 
 # -- whisper-at evaluate-events --------------------------------------------------------------
-def _list(parse):
-    """An argparse type for a comma list of ``parse``-d values."""
-
-    def parse_list(text: str) -> list:
-        return [parse(item.strip()) for item in text.split(",")]
-
-    return parse_list
-
-
 def _track_choice(text: str):
     from .sed import TrackChoice
 
@@ -520,12 +520,14 @@ def evaluate_events_parser() -> argparse.ArgumentParser:
     )
     d = EVENT_DEFAULTS
     grid = "; a comma list evaluates every combination"
-    threshold = _list(threshold_argument)
+    threshold = comma_list(threshold_argument)
     p.add_argument("--threshold", type=threshold, default=[d.threshold], help="auto or p" + grid)
-    p.add_argument("--low-ratio", type=_list(float), default=[d.low_ratio], help=grid[2:])
-    p.add_argument("--median-bins", type=_list(int), default=[d.median_bins], help=grid[2:])
-    p.add_argument("--min-duration", type=_list(float), default=[d.min_duration], help=grid[2:])
-    p.add_argument("--max-gap", type=_list(float), default=[d.max_gap], help=grid[2:])
+    p.add_argument("--low-ratio", type=comma_list(float), default=[d.low_ratio], help=grid[2:])
+    p.add_argument("--median-bins", type=comma_list(int), default=[d.median_bins], help=grid[2:])
+    p.add_argument(
+        "--min-duration", type=comma_list(float), default=[d.min_duration], help=grid[2:]
+    )
+    p.add_argument("--max-gap", type=comma_list(float), default=[d.max_gap], help=grid[2:])
     p.add_argument("--out", default="events.json", help="report (.json; .md next to it)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
