@@ -1,10 +1,12 @@
-"""The training-corpus builder: Qt rcc and OpenTTD cat readers, mapping table, deterministic
-mixing, splits, deduplication."""
+"""The training-corpus builder: Qt rcc, OpenTTD cat and OpenClonk group readers, mapping
+table, deterministic mixing, splits, deduplication."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import struct
 from pathlib import Path
 
 import av
@@ -16,6 +18,9 @@ from whisper_at.audio import load_audio
 from whisper_at.labels import audioset_labels
 from whisper_at_research.corpus import fetch_debian_package
 from whisper_at_research.corpus.build import assign_splits, build_corpus
+from whisper_at_research.corpus.c4group import ENTRY_SIZE as C4_ENTRY_SIZE
+from whisper_at_research.corpus.c4group import HEADER_SIZE as C4_HEADER_SIZE
+from whisper_at_research.corpus.c4group import C4GroupError, read_c4group
 from whisper_at_research.corpus.cat import CatError, read_cat
 from whisper_at_research.corpus.cli import main as corpus_main
 from whisper_at_research.corpus.mapping import load_mapping, match_labels
@@ -129,6 +134,76 @@ def test_openttd_opensfx_sounds_are_read_and_labelled():
     assert horn.load().size / 16000 == pytest.approx(4.015, abs=0.01)
     entries = read_cat(SOURCES["openttd"].fetch().joinpath(horn.path.rsplit("/", 1)[0]))
     assert len(entries) == 73 and "License: Creative Commons Zero 1.0." in entries[26].name
+
+
+# -- OpenClonk groups ----------------------------------------------------------------------
+def _c4group(files: dict[str, bytes | dict], *, top: bool = True) -> bytes:
+    """An OpenClonk group holding ``files`` (name -> bytes, or a dict for a child group)."""
+    body, cores = b"", b""
+    for name, content in files.items():
+        child = isinstance(content, dict)
+        data = _c4group(content, top=False) if child else content
+        core = name.encode().ljust(260, b"\0") + struct.pack(
+            "<5i", 0, int(child), len(data), 0, len(body)
+        )
+        cores += core.ljust(C4_ENTRY_SIZE, b"\0")
+        body += data
+    header = bytearray(
+        b"RedWolf Design GrpFolder".ljust(28, b"\0") + struct.pack("<3i", 1, 2, len(files))
+    )
+    header = bytearray(b ^ 0xED for b in header.ljust(C4_HEADER_SIZE, b"\0"))
+    for i in range(0, len(header) - 2, 3):
+        header[i], header[i + 2] = header[i + 2], header[i]
+    group = bytes(header) + cores + body
+    return b"\x1e\x8c" + gzip.compress(group)[2:] if top else group
+
+
+def test_c4group_round_trip(tmp_path):
+    tone = np.sin(np.arange(1600) * 0.1) * 0.5
+    wave = write_wav(tmp_path / "t.wav", tone).read_bytes()
+    path = tmp_path / "Sound.ocg"
+    path.write_bytes(
+        _c4group({"Thunder.wav": wave, "Animals.ocg": {"Bat.ocg": {"Chirp.wav": b"x"}}})
+    )
+    members = read_c4group(path)
+    assert [m.path for m in members] == ["Thunder.wav", "Animals.ocg/Bat.ocg/Chirp.wav"]
+    assert members[0].data == wave and members[1].data == b"x"
+
+
+def test_c4group_rejects_other_files(tmp_path):
+    path = tmp_path / "Other.ocg"
+    good = _c4group({"a.wav": b"abc"})
+    for blob in (b"", b"PK\x03\x04", good[:40], b"\x1e\x8c" + gzip.compress(b"x" * 300)[2:]):
+        path.write_bytes(blob)
+        with pytest.raises(C4GroupError):
+            read_c4group(path)
+
+
+def test_openclonk_sounds_are_read_from_its_groups_and_labelled():
+    """OpenClonk keeps its sounds in the gzipped group Sound.ocg; authors.txt licenses them."""
+    recs = {rec.path.split("Sound.ocg/", 1)[1]: rec for rec in find_recordings(["openclonk"])}
+    assert len(recs) == 72
+    thunder = recs["Environment.ocg/Lightning.ocg/Thunder1.ogg"]
+    assert thunder.labels == ("Thunder", "Thunderstorm")
+    assert (
+        thunder.license.startswith("CC-BY-3.0") and thunder.package == "debian:openclonk-data=8.1-3"
+    )
+    assert recs["Liquids.ocg/Boiling.ogg"].license.startswith("CC0-1.0")
+    assert recs["Clonk.ocg/Skin.ocg/Steampunk.ocg/Laughter2.wav"].labels == ("Laughter",)
+    assert "Clonk.ocg/Skin.ocg/Steampunk.ocg/Singing1.wav" not in recs  # not checked by ear
+    assert thunder.load().size == 47113  # 2.94 s, decoded from the extracted member
+
+
+def test_fillets_voices_carry_the_sex_the_script_gives_them():
+    """The small fish (``-m-``) speaks of herself in the feminine, the big fish (``-v-``) in
+    the masculine (dialogs_cs.lua); 200 of their 1,261 lines, both voices."""
+    recs = find_recordings(["fillets"])
+    female = [r for r in recs if "Female speech, woman speaking" in r.labels]
+    male = [r for r in recs if "Male speech, man speaking" in r.labels]
+    assert len(recs) == 200 and len(female) == 97 and len(male) == 103
+    assert all("-m-" in r.path.rsplit("/", 1)[1] for r in female)
+    assert all("-v-" in r.path.rsplit("/", 1)[1] for r in male)
+    assert all(r.speech and r.package == "debian:fillets-ng-data-cs=1.0.1-1.1" for r in recs)
 
 
 # -- mapping ------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".ogg", ".oga", ".flac", ".mp3", ".aiff", ".aif", ".opus")
 ARCHIVE_SUFFIXES = (".pk3", ".wz", ".zip")  # zip archives of game data
+C4GROUP_SUFFIXES = (".ocg", ".ocd", ".ocf")  # OpenClonk groups
 PHRASES_PER_PROGRAM = 4
 
 # hydrogen-drumkits licenses per kit (debian/copyright); mapping rows say "per kit".
@@ -139,6 +140,10 @@ _SPECS = [
     SourceSpec("micropolis", "debian", "micropolis-data", "0.0.20071228-10", "files"),
     SourceSpec("trackballs", "debian", "trackballs-data", "1.3.4-1", "files"),
     SourceSpec("mirrormagic", "debian", "mirrormagic-data", "3.1.0+dfsg1-1", "files"),
+    # Build 6: appended so build 5's sources keep their order (docs/corpus.md).
+    SourceSpec("openclonk", "debian", "openclonk-data", "8.1-3", "files"),
+    SourceSpec("fillets", "debian", "fillets-ng-data-cs", "1.0.1-1.1", "files", True, limit=200),
+    SourceSpec("torcs", "debian", "torcs-data", "1.3.7+dfsg-5", "files"),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -230,6 +235,8 @@ def package_audio_files(spec: SourceSpec, *, mapped_only: bool = False):
             yield from _zip_members(spec, file, rel, mapped_only)
         elif file.suffix.lower() == ".cat":
             yield from _cat_members(spec, file, rel, mapped_only)
+        elif file.suffix.lower() in C4GROUP_SUFFIXES:
+            yield from _c4group_members(spec, file, rel, mapped_only)
 
 
 def _zip_members(spec: SourceSpec, archive: Path, rel: str, mapped_only: bool):
@@ -262,6 +269,32 @@ def _cat_members(spec: SourceSpec, container: Path, rel: str, mapped_only: bool)
             continue
         target = out / entry.filename
         _write_once(target, lambda entry=entry: entry.data)
+        yield path, target
+
+
+def _c4group_members(spec: SourceSpec, group: Path, rel: str, mapped_only: bool):
+    """Sounds of an OpenClonk group (``Sound.ocg``...), extracted once like archive members."""
+    from whisper_at_research.corpus.c4group import C4GroupError, read_c4group
+
+    out = cache_dir() / "corpus" / "c4group" / f"{spec.package}_{spec.version}" / rel
+    if mapped_only and not any(
+        row.source == spec.name and group.name in row.pattern.replace("\\", "")
+        for row in load_mapping()
+    ):
+        return  # most groups hold only graphics and scripts: skip decompressing them
+    try:
+        members = read_c4group(group)
+    except C4GroupError as error:
+        logger.debug("%s", error)
+        return
+    for member in members:
+        path = f"{rel}/{member.path}"
+        if not member.path.lower().endswith(AUDIO_SUFFIXES):
+            continue
+        if mapped_only and match_labels(spec.name, path) is None:
+            continue
+        target = out / member.path
+        _write_once(target, lambda member=member: member.data)
         yield path, target
 
 
