@@ -5,7 +5,8 @@ what the rows of ``mapping.tsv`` are matched against:
 
 - plain packages: the file's path inside the extracted package (``usr/share/...``); for a
   member of a zip archive (``.pk3``, ``.wz``), ``<archive path>/<member path>``; for a
-  sound of an OpenTTD container, ``<.cat path>/<NN>_<title>.wav`` (``cat.py``);
+  sound of an OpenTTD container, ``<.cat path>/<NN>_<title>.wav`` (``cat.py``); for a
+  member of an OpenClonk group, ``<group path>/<member path>`` (``c4group.py``);
 - ``gcompris``: ``<file>.rcc/<path inside the Qt resource>``;
 - ``hydrogen``: ``<kit>/<instrument name from drumkit.xml>/<sample file>``;
 - ``*-gm``: ``gm/<GM program 000-127 or drums>/<phrase number>``;
@@ -212,7 +213,7 @@ def _make(spec: SourceSpec, path: str, file: Path, fmt: str | None = None) -> Re
 
 
 def _plain_files(spec: SourceSpec):
-    """Mapped audio files of the package and of its zip archives (``.pk3``...)."""
+    """Mapped audio files of the package and of its containers (zip, OpenTTD .cat, OpenClonk)."""
     for path, file in package_audio_files(spec, mapped_only=True):
         if rec := _make(spec, path, file):
             yield rec
