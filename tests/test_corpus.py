@@ -196,7 +196,7 @@ def test_openclonk_sounds_are_read_from_its_groups_and_labelled():
 
 def test_fillets_voices_carry_the_sex_the_script_gives_them():
     """The small fish (``-m-``) speaks of herself in the feminine, the big fish (``-v-``) in
-    the masculine (dialogs_cs.lua); 200 of their 1,261 lines, both voices."""
+    the masculine (dialogs_cs.lua); 200 of their 1,238 recorded lines, both voices."""
     recs = find_recordings(["fillets"])
     female = [r for r in recs if "Female speech, woman speaking" in r.labels]
     male = [r for r in recs if "Male speech, man speaking" in r.labels]
