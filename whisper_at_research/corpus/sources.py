@@ -277,12 +277,9 @@ def _c4group_members(spec: SourceSpec, group: Path, rel: str, mapped_only: bool)
     """Sounds of an OpenClonk group (``Sound.ocg``...), extracted once like archive members."""
     from whisper_at_research.corpus.c4group import C4GroupError, read_c4group
 
-    out = cache_dir() / "corpus" / "c4group" / f"{spec.package}_{spec.version}" / rel
-    if mapped_only and not any(
-        row.source == spec.name and group.name in row.pattern.replace("\\", "")
-        for row in load_mapping()
-    ):
+    if mapped_only and not _rows_mention(spec, group.name):
         return  # most groups hold only graphics and scripts: skip decompressing them
+    out = cache_dir() / "corpus" / "c4group" / f"{spec.package}_{spec.version}" / rel
     try:
         members = read_c4group(group)
     except C4GroupError as error:
@@ -316,7 +313,9 @@ def _rcc_files(spec: SourceSpec):
     out = cache_dir() / "corpus" / "rcc" / f"{spec.package}_{spec.version}"
     for rcc_path in sorted(root.rglob("*.rcc")):
         rcc = None
-        for entry in RccFile(rcc_path) if _rcc_has_mapped(spec, rcc_path.name) else []:
+        stem = rcc_path.name.removesuffix(".rcc")
+        # Most .rcc files hold only images: parse those a mapping row names.
+        for entry in RccFile(rcc_path) if _rows_mention(spec, f"/{stem}/", rcc_path.name) else []:
             path = f"{rcc_path.name}/{entry.path}"
             if not entry.path.lower().endswith(AUDIO_SUFFIXES):
                 continue
@@ -330,15 +329,13 @@ def _rcc_files(spec: SourceSpec):
                 yield rec
 
 
-def _rcc_has_mapped(spec: SourceSpec, rcc_name: str) -> bool:
-    """Skip parsing .rcc files whose name no mapping row can match (most hold only images)."""
-    stem = rcc_name.removesuffix(".rcc")
-    for row in load_mapping():
-        if row.source == spec.name and (
-            f"/{stem}/" in row.pattern.replace("\\", "") or row.pattern.startswith(rcc_name)
-        ):
-            return True
-    return False
+def _rows_mention(spec: SourceSpec, *names: str) -> bool:
+    """Whether a mapping row of the source names one of ``names`` (a container or folder),
+    so containers no row can match are not unpacked."""
+    return any(
+        row.source == spec.name and any(name in row.pattern.replace("\\", "") for name in names)
+        for row in load_mapping()
+    )
 
 
 def _hydrogen_files(spec: SourceSpec):
