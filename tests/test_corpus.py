@@ -206,6 +206,21 @@ def test_fillets_voices_carry_the_sex_the_script_gives_them():
     assert all(r.speech and r.package == "debian:fillets-ng-data-cs=1.0.1-1.1" for r in recs)
 
 
+def test_nexuiz_voices_carry_the_sex_of_the_characters_that_use_them():
+    """data.pk3's voice sets are shared by player models whose .txt gives their sex; only sets
+    used by one sex (and whose pitch agrees) are labelled, the others give only their groans."""
+    recs = {rec.path.split("data.pk3/", 1)[1]: rec for rec in find_recordings(["nexuiz"])}
+    assert len(recs) == 292
+    female = {p for p, r in recs.items() if "Female speech, woman speaking" in r.labels}
+    male = {p for p, r in recs.items() if "Male speech, man speaking" in r.labels}
+    assert (len(female), len(male)) == (55, 93)
+    assert {p.split("/")[2] for p in female} == {"fricka", "pyria-skadi", "specop"}
+    assert recs["sound/player/insurrectionist/player/death1.ogg"].labels == ("Groan",)
+    assert "sound/player/insurrectionist/coms/attack.ogg" not in recs  # F0 254 Hz: unsure
+    assert recs["sound/weapons/uzi_fire.ogg"].labels == ("Gunshot, gunfire", "Explosion")
+    assert all(r.package == "debian:nexuiz-data=2.5.2-12" for r in recs.values())
+
+
 # -- mapping ------------------------------------------------------------------------------
 def test_mapping_rows_name_real_audioset_classes():
     names = set(audioset_labels().names)

@@ -145,6 +145,9 @@ _SPECS = [
     SourceSpec("openclonk", "debian", "openclonk-data", "8.1-3", "files"),
     SourceSpec("fillets", "debian", "fillets-ng-data-cs", "1.0.1-1.1", "files", True, limit=200),
     SourceSpec("torcs", "debian", "torcs-data", "1.3.7+dfsg-5", "files"),
+    # Build 7: appended so build 6's sources keep their order (docs/corpus.md).
+    SourceSpec("unknown-horizons", "debian", "unknown-horizons", "2019.1-6", "files"),
+    SourceSpec("nexuiz", "debian", "nexuiz-data", "2.5.2-12", "files"),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
