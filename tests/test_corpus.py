@@ -221,6 +221,19 @@ def test_nexuiz_voices_carry_the_sex_of_the_characters_that_use_them():
     assert all(r.package == "debian:nexuiz-data=2.5.2-12" for r in recs.values())
 
 
+def test_scratch_media_give_the_wanted_classes_the_games_lack():
+    """Scratch's sound library (MIT, CC-BY-SA-3.0) has the motorcycle, crying baby, coughs,
+    typing and dogs that no game package had; names of every file say what is heard."""
+    recs = {rec.path.rsplit("/Sounds/", 1)[1]: rec for rec in find_recordings(["scratch"])}
+    assert len(recs) == 50
+    assert recs["Effects/MotorcyclePassing.wav"].labels[0] == "Motorcycle"
+    assert recs["Human/BabyCry.mp3"].labels == ("Baby cry, infant cry", "Crying, sobbing")
+    assert [recs[f"Human/Cough-{sex}.wav"].labels for sex in ("female", "male")] == [("Cough",)] * 2
+    assert sum("Dog" in r.labels for r in recs.values()) == 2
+    assert "Music Loops/Techno.mp3" not in recs  # genre loops: not labelled beyond what is named
+    assert all(r.license.startswith("CC-BY-SA-3.0") for r in recs.values())
+
+
 # -- mapping ------------------------------------------------------------------------------
 def test_mapping_rows_name_real_audioset_classes():
     names = set(audioset_labels().names)

@@ -148,6 +148,16 @@ _SPECS = [
     # Build 7: appended so build 6's sources keep their order (docs/corpus.md).
     SourceSpec("unknown-horizons", "debian", "unknown-horizons", "2019.1-6", "files"),
     SourceSpec("nexuiz", "debian", "nexuiz-data", "2.5.2-12", "files"),
+    SourceSpec("scratch", "debian", "scratch", "1.4.0.6~dfsg1-6.1", "files"),
+    SourceSpec("lugaru", "debian", "lugaru-data", "1.2-6", "files"),
+    SourceSpec("qabcs", "debian", "qabcs-data", "1.0.2-6", "files"),
+    SourceSpec("etw", "debian", "etw-data", "3.6+svn162-6", "files"),
+    SourceSpec("trophy", "debian", "trophy-data", "2.0.3-2", "files"),
+    SourceSpec("mate-media", "debian", "mate-media-common", "1.26.0-2", "files"),
+    SourceSpec("brainparty", "debian", "brainparty-data", "0.61+dfsg-7", "files"),
+    SourceSpec("circuslinux", "debian", "circuslinux-data", "1.0.3-34.1", "files"),
+    SourceSpec("foobillardplus", "debian", "foobillardplus-data", "3.43~svn170+dfsg-7", "files"),
+    SourceSpec("monsterz", "debian", "monsterz-data", "0.7.1-12", "files"),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
