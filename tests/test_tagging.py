@@ -147,7 +147,7 @@ def test_a_result_reprs_as_a_short_summary(model):
     text = repr(tagging)
     assert re.fullmatch(
         r"TaggingResult\(windows=4, duration=7\.10, at_time_res=2, classes=527 "
-        r"\(189 reported\), top='Speech' 0\.\d\d\)",
+        r"\(230 reported\), top='Speech' 0\.\d\d\)",
         text,
     ), text
     window = tagging.windows(top_k=1, threshold=0.0)[0]  # records keep their dataclass repr
