@@ -21,7 +21,14 @@ from safetensors import safe_open
 
 import whisper_at
 from whisper_at.audio import load_audio, window_log_mel
-from whisper_at.heads import HEAD_TYPES, HeadConfig, HeadError, TaggingHead, load_head
+from whisper_at.heads import (
+    HEAD_TYPES,
+    HeadConfig,
+    HeadError,
+    TaggingHead,
+    load_head,
+    rewrite_head_config,
+)
 from whisper_at.labels import audioset_labels
 from whisper_at.pipeline import WhisperAT
 from whisper_at.tagging import AUTO_THRESHOLD_FALLBACK, TagAccumulator, TrackOptions
@@ -417,6 +424,61 @@ def test_training_is_reproducible(store, tmp_path):
     for (k, va), vb in zip(a.head.state_dict().items(), b.head.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     assert a.curves[-1]["train_loss"] == b.curves[-1]["train_loss"]
+
+
+def test_a_head_records_its_recipe_and_train_recipe_makes_it_again(store, tmp_path, capsys):
+    _, features, _ = store
+    first = tmp_path / "first.safetensors"
+    train_head(
+        features,
+        "tl_tr_low",
+        out=first,
+        epochs=2,
+        batch_size=8,
+        seed=3,
+        proj_dim=32,
+        mixup_alpha=4.0,
+        progress=False,
+    )
+    recipe = load_head(first).config.training
+    assert (recipe["seed"], recipe["epochs"], recipe["proj_dim"]) == (3, 2, 32)
+    assert recipe["lr"] == 1e-4 and recipe["mixup_alpha"] == 4.0  # defaults resolved
+    assert "device" not in recipe and "progress" not in recipe
+    again = tmp_path / "again.safetensors"
+    assert (
+        train_main([str(features), "--recipe", str(first), "--out", str(again), "--no-progress"])
+        == 0
+    )
+    capsys.readouterr()
+    for (k, va), vb in zip(
+        load_head(first).state_dict().items(), load_head(again).state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vb), k
+    other_seed = tmp_path / "seed4.safetensors"
+    assert (
+        train_main(
+            [
+                str(features),
+                "--recipe",
+                str(first),
+                "--seed",
+                "4",
+                "--out",
+                str(other_seed),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert load_head(other_seed).config.training == {**recipe, "seed": 4}
+    unrecorded = tmp_path / "unrecorded.safetensors"
+    rewrite_head_config(
+        first, unrecorded, dataclasses.replace(load_head(first).config, training={})
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([str(features), "--recipe", str(unrecorded), "--out", str(again)])
+    assert exit_info.value.code == 2
+    assert "records no training options" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("head_type", HEAD_TYPES)

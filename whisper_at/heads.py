@@ -20,7 +20,7 @@ import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -80,6 +80,9 @@ class HeadConfig:
     # `whisper-at calibrate`; None: the head has none and "auto" uses a fixed default
     thresholds: list[float] | None = None
     held_out_sources: list[str] | None = None  # source packages kept out of its training
+    # the options `whisper-at train` made it with, so `train --recipe HEAD` can make it again
+    # (empty for heads trained before the recipe was recorded)
+    training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.head_type not in HEAD_TYPES:

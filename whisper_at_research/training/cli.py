@@ -13,6 +13,7 @@ import itertools
 import logging
 import sys
 import traceback
+from typing import Any
 
 from whisper_at.cli import (
     non_negative_float,
@@ -21,7 +22,7 @@ from whisper_at.cli import (
     threshold_argument,
 )
 from whisper_at.events import EventOptions
-from whisper_at.heads import HEAD_TYPES
+from whisper_at.heads import HEAD_TYPES, HeadError, load_head
 from whisper_at.labels import LabelSet, audioset_labels
 
 from .source_split import SPLIT_SCHEMES
@@ -215,6 +216,12 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("features", help="feature store folder (whisper-at features extract)")
     p.add_argument("--out", required=True, help="head checkpoint to write (.safetensors)")
+    p.add_argument(
+        "--recipe",
+        metavar="HEAD",
+        help="train with the options recorded in this head (a shipped head, or one `train` "
+        "wrote), held-out packages and seed included; options given here override them",
+    )
     p.add_argument("--head-type", default="tl_tr", choices=HEAD_TYPES)
     p.add_argument("--proj-dim", type=positive_int, help="tl_tr_low width (default 512)")
     p.add_argument(
@@ -288,7 +295,15 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    unflagged: dict[str, Any] = {}  # recorded options without a flag (Adam's betas, ...)
+    if args.recipe:
+        recorded = _recorded_recipe(parser, args.recipe)
+        flagged = vars(args)
+        unflagged = {k: v for k, v in recorded.items() if k not in flagged}
+        parser.set_defaults(**{k: v for k, v in recorded.items() if k in flagged})
+        args = parser.parse_args(argv)
 
     def run(args: argparse.Namespace) -> None:
         from .train import train_head
@@ -320,6 +335,7 @@ def train_main(argv: list[str] | None = None) -> int:
             crop_batches=args.crop_batches,
             device=args.device,
             progress=not args.no_progress,
+            **unflagged,
         )
         if not result.saved:  # a DDP rank other than 0: rank 0 reports
             return
@@ -327,6 +343,25 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"wrote {result.path} ({len(result.trained_classes)} trained classes; {shown})")
 
     return _run(run, args, "whisper-at train")
+
+
+def _recorded_recipe(parser: argparse.ArgumentParser, head_path: str) -> dict[str, Any]:
+    """A head's recorded training options, renamed where the CLI's flag differs; a head
+    without them is a usage error that says so."""
+    try:
+        recorded = dict(load_head(head_path).config.training)
+    except HeadError as e:
+        parser.error(f"--recipe: {e}")
+    if not recorded:
+        parser.error(
+            f"--recipe: {head_path} records no training options (trained before heads "
+            "recorded them); give the options instead (docs/results.md lists each shipped "
+            "head's command)"
+        )
+    recorded["no_balanced_sampling"] = not recorded.pop("balanced_sampling", True)
+    if "betas" in recorded:
+        recorded["betas"] = tuple(recorded["betas"])
+    return recorded
 
 
 # -- whisper-at evaluate ---------------------------------------------------------------------

@@ -28,8 +28,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -483,6 +485,7 @@ def _train(
         window_seconds=float(meta["window_seconds"]),
         encoder_input_seconds=float(meta.get("encoder_input_seconds", ENCODER_INPUT_SECONDS)),
         held_out_sources=list(source.held_out) if source else None,
+        training=recipe(opts, lr, start, step, average_last, source.held_out if source else None),
     )
     if source:
         logger.info("held-out-source split: training without %s", ", ".join(source.held_out))
@@ -580,8 +583,7 @@ def _train(
     head = head.cpu()
     save_head(head, out)
     record = {
-        "options": {**asdict(opts), "lr": lr, "lr_decay_start": start, "lr_decay_step": step},
-        "average_last": average_last,
+        "options": {**head.config.training, "device": str(opts.device)},
         "features": str(features_dir),
         "n_train": n_clips,
         "n_train_views": len(train) - n_clips,
@@ -597,6 +599,28 @@ def _train(
     curves_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     _plot(curves, out.with_name(out.name + ".curves.png"))
     return TrainResult(head, out, curves, metrics, trained, record["options"])
+
+
+def recipe(
+    opts: TrainOptions,
+    lr: float,
+    decay_start: int,
+    decay_step: int,
+    average_last: int,
+    held_out: Sequence[str] | None,
+) -> dict[str, Any]:
+    """The options that decide a head's weights, with every default resolved, as JSON
+    values: stored in the head, so ``train --recipe HEAD`` trains the same head again."""
+    options = asdict(opts) | {
+        "lr": lr,
+        "lr_decay_start": decay_start,
+        "lr_decay_step": decay_step,
+        "average_last": average_last,
+        "held_out_sources": None if held_out is None else list(held_out),
+    }
+    for machine_only in ("device", "progress"):
+        del options[machine_only]
+    return json.loads(json.dumps(options))
 
 
 def _plot(curves: list[dict], path: Path) -> None:
