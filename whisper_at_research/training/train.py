@@ -572,8 +572,9 @@ def _train(
     assert averaged is not None
     head.load_state_dict({k: v / n_averaged for k, v in averaged.items()})
     head.eval()
+    options = {**head.config.training, "device": str(opts.device)}
     if not ranks.main:  # the same head as rank 0's, which writes it
-        return TrainResult(head, out, curves, {}, trained, asdict(opts), saved=False)
+        return TrainResult(head, out, curves, {}, trained, options, saved=False)
     final = _validate(head, valid, trained)
     metrics = {k: float(v) for k, v in final.items() if k != "valid_loss" and not math.isnan(v)}
     if not final:
@@ -583,7 +584,7 @@ def _train(
     head = head.cpu()
     save_head(head, out)
     record = {
-        "options": {**head.config.training, "device": str(opts.device)},
+        "options": options,
         "features": str(features_dir),
         "n_train": n_clips,
         "n_train_views": len(train) - n_clips,
@@ -598,7 +599,7 @@ def _train(
     curves_path = out.with_name(out.name + ".curves.json")
     curves_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     _plot(curves, out.with_name(out.name + ".curves.png"))
-    return TrainResult(head, out, curves, metrics, trained, record["options"])
+    return TrainResult(head, out, curves, metrics, trained, options)
 
 
 def recipe(
