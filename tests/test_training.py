@@ -660,6 +660,35 @@ def test_train_holds_out_the_packages_it_is_given(store, tmp_path, caplog):
     assert not bad.exists()
 
 
+def test_source_gain_trains_both_arms_without_h2_and_scores_them_on_it(store, tmp_path):
+    """scripts/source_gain.py: H2 is the rule's choice once the added package is gone;
+    one arm trains without both, the other with the added package, both score on H2."""
+    import subprocess
+    import sys
+
+    _, features, _ = store
+    script = Path(__file__).parents[1] / "scripts" / "source_gain.py"
+    out = tmp_path / "gain"
+    argv = [sys.executable, str(script), str(features), "--added", "lab-2", "--work",
+            str(tmp_path / "heads"), "--head-type", "tl_tr", "--proj-dim", "0", "--epochs",
+            "2", "--crop-seconds", "0", "--out", str(out), "--no-progress"]  # fmt: skip
+    subprocess.run(argv, check=True, capture_output=True, text=True)
+    table = json.loads(out.with_suffix(".json").read_text())
+    data = load_features(features)
+    rest = data.subset([i for i, s in enumerate(data.sources) if "lab-2" not in s])
+    assert table["h2"] == list(choose_held_out_sources(rest)) and "lab-2" not in table["h2"]
+    arms = {row["arm"]: row for row in table["rows"]}
+    for arm, held in (("without_added", ["lab-2", *table["h2"]]), ("with_added", table["h2"])):
+        head = load_head(tmp_path / "heads" / arms[arm]["head"])
+        assert head.config.held_out_sources == held
+        assert arms[arm]["mAP"] is not None
+    assert arms["with_added"]["n_train"] > arms["without_added"]["n_train"]
+    assert "| with_added | 0 |" in out.with_suffix(".md").read_text()
+    bad = [*argv[:3], "--added", "lab-9", *argv[5:]]
+    failed = subprocess.run(bad, capture_output=True, text=True)
+    assert failed.returncode != 0 and "no clip of" in failed.stderr and "lab-9" in failed.stderr
+
+
 def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):
     _, features, _ = store
     head = tmp_path / "held-out.safetensors"
