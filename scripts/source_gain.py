@@ -65,20 +65,12 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, h2: list[str]) -> dic
     head_path = args.work / f"{arm}-{args.head_type}-e{args.epochs}-s{seed}.safetensors"
     held_out = h2 if arm == "with_added" else [*args.added, *h2]
     if not head_path.is_file():
-        options = {"proj_dim": args.proj_dim} if args.proj_dim else {}
-        train_head(
-            args.features,
-            args.head_type,
-            out=head_path,
-            epochs=args.epochs,
-            lr=args.lr,
-            seed=seed,
-            split_scheme="source",
-            held_out_sources=held_out,
-            crop_seconds=args.crop_seconds or None,
-            progress=not args.no_progress,
-            **options,
-        )
+        recipe = {"epochs": args.epochs, "lr": args.lr, "crop_seconds": args.crop_seconds or None}
+        if args.proj_dim:
+            recipe["proj_dim"] = args.proj_dim
+        train_head(args.features, args.head_type, out=head_path, seed=seed, **recipe,
+                   split_scheme="source", held_out_sources=held_out,
+                   progress=not args.no_progress)  # fmt: skip
     report = evaluate_head(
         head_path,
         args.features,
