@@ -28,7 +28,7 @@ import torch
 
 from whisper_at_research.training.cli import comma_list
 from whisper_at_research.training.evaluate import evaluate_head
-from whisper_at_research.training.features import load_features
+from whisper_at_research.training.features import FeatureStoreError, load_features
 from whisper_at_research.training.source_split import choose_held_out_sources, source_splits
 from whisper_at_research.training.train import train_head
 
@@ -39,9 +39,10 @@ ARMS = ("without_added", "with_added")
 def second_held_out(features: Path, added: list[str]) -> tuple[list[str], dict]:
     """H2: the store's rule over the clips that touch none of ``added``; and clip counts."""
     data = load_features(features)
-    unknown = set(added) - {p for packages in data.sources for p in packages}
-    if unknown:
-        raise SystemExit(f"no clip of {features} comes from {sorted(unknown)}")
+    try:
+        source_splits(data, added)  # names the packages no clip comes from
+    except FeatureStoreError as e:
+        raise SystemExit(f"{features}: {e}") from None
     rest = data.subset([i for i, s in enumerate(data.sources) if not set(added) & set(s)])
     h2 = list(choose_held_out_sources(rest))
     if not h2:
