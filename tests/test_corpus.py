@@ -286,8 +286,11 @@ def test_build4_sources_keep_their_place():
     assert SOURCES["0ad"].label == "debian:0ad-data=0.0.26-1"
 
 
-@pytest.mark.parametrize("source", ["openttd", "minetest", "simutrans", "micropolis"])
-def test_every_mapping_row_of_a_build5_source_matches_a_file(source: str):
+@pytest.mark.parametrize(
+    "source",
+    ["openttd", "minetest", "simutrans", "micropolis", "homedecor", "triplea", "searchandrescue"],
+)
+def test_every_mapping_row_of_a_small_source_matches_a_file(source: str):
     """A row that matches nothing is a typo or a file the pinned version does not ship."""
     paths = [path for path, _ in package_audio_files(SOURCES[source])]
     rows = [row for row in load_mapping() if row.source == source]
@@ -368,6 +371,28 @@ def test_summary_and_cli(builds, tmp_path):
     assert code == 0
     rows = _manifest(tmp_path)
     assert len(rows) == 4 and not any(row["mixed"] for row in rows)
+
+
+def test_a_recording_that_does_not_decode_is_skipped_not_fatal(tmp_path, monkeypatch):
+    """A package can ship a broken file (searchandrescue's `splash01.wav`): the build names
+    it, skips it and keeps every other recording."""
+    import whisper_at_research.corpus.build as build
+
+    good = find_recordings(["fart"])[:2]
+    broken_file = tmp_path / "broken.wav"
+    broken_file.write_bytes(b"RIFF" + bytes(200))
+    broken = Recording(
+        "fart:broken.wav", "fart", "broken.wav", broken_file, good[0].labels, good[0].indices,
+        good[0].license, good[0].package, False,
+    )  # fmt: skip
+    monkeypatch.setattr(build, "find_recordings", lambda sources: [*good, broken])
+    summary = build_corpus(
+        tmp_path / "out", sources=["fart"], clips_per_recording=1, mix=False, progress=False
+    )
+    assert summary["skipped_recordings"] == ["fart:broken.wav"]
+    assert {rec for row in _manifest(tmp_path / "out") for rec in row["recordings"]} == {
+        r.id for r in good
+    }
 
 
 # -- build 4 sources ----------------------------------------------------------------------

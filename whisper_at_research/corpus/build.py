@@ -39,6 +39,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from whisper_at.audio import AudioError
 from whisper_at.labels import audioset_labels
 from whisper_at_research.corpus.dedup import (
     Duplicate,
@@ -95,14 +96,20 @@ def build_corpus(
     audios: dict[str, np.ndarray] = {}
     skipped: list[str] = []
     for rec in tqdm(recordings, desc="decode", unit="rec", disable=not progress):
-        # Decode a little more than kept, so leading silence does not eat into it.
-        audio = trim_silence(rec.load(MAX_SECONDS + 10))[: SAMPLE_RATE * MAX_SECONDS]
+        try:  # a little more than kept, so leading silence does not eat into it
+            audio = trim_silence(rec.load(MAX_SECONDS + 10))[: SAMPLE_RATE * MAX_SECONDS]
+        except AudioError as error:
+            logger.warning("skipped, does not decode: %s", error)
+            skipped.append(rec.id)
+            continue
         if audio.size < SAMPLE_RATE // 50 or _rms(audio) < 1e-4:
             skipped.append(rec.id)
             continue
         audios[rec.id] = audio
     if skipped:
-        logger.warning("%d silent or empty recordings skipped: %s", len(skipped), skipped[:5])
+        logger.warning(
+            "%d silent, empty or undecodable recordings skipped: %s", len(skipped), skipped[:5]
+        )
     duplicates = deduplicate([r for r in recordings if r.id in audios], audios)
     dropped = {d.dropped for d in duplicates}
     recordings = [r for r in recordings if r.id in audios and r.id not in dropped]

@@ -158,6 +158,13 @@ _SPECS = [
     SourceSpec("circuslinux", "debian", "circuslinux-data", "1.0.3-34.1", "files"),
     SourceSpec("foobillardplus", "debian", "foobillardplus-data", "3.43~svn170+dfsg-7", "files"),
     SourceSpec("monsterz", "debian", "monsterz-data", "0.7.1-12", "files"),
+    # Build 8: appended so build 7's sources keep their order (docs/corpus.md).
+    SourceSpec("searchandrescue", "debian", "searchandrescue-data", "1.3.0-1.1", "files"),
+    SourceSpec("homedecor", "debian", "minetest-mod-homedecor", "20210327.1-2", "files"),
+    SourceSpec("cube2", "debian", "cube2-data", "1.3-1", "files"),
+    SourceSpec("ardentryst", "debian", "ardentryst", "1.71-9", "files"),
+    SourceSpec("triplea", "debian", "triplea", "1.9.0.0.7062-2", "files"),
+    SourceSpec("berusky2", "debian", "berusky2-data", "0.12-2", "files"),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
