@@ -9,12 +9,15 @@ packages left once ``--added`` is taken away) is held out from both arms, and
 - ``with_added``: the same recipe trained without H2 only (``--added`` in training),
 
 are scored on H2's clips. The difference is the gain from ``--added``'s packages on
-sources neither head saw. Every head is reused when its file exists, so the command
+sources neither head saw. ``--scored-on`` names H2 instead (for example build 4's eight,
+with ``--added`` a new build's packages: what the new build adds on the shipped heads'
+held-out packages). Every head is reused when its file exists, so the command
 resumes; the table (markdown + json) is rewritten after each head.
 
     python scripts/source_gain.py FEATURES --added A,B,... --work DIR \\
         [--head-type tl_tr_low] [--proj-dim 256] [--epochs 15] [--lr 5e-4] \\
-        [--crop-seconds 2] [--seeds 0] [--threads 1] [--out docs/measurements/source_gain]
+        [--crop-seconds 2] [--seeds 0] [--threads 1] [--scored-on P,Q,...] \\
+        [--out docs/measurements/source_gain]
 """
 
 from __future__ import annotations
@@ -36,15 +39,20 @@ logger = logging.getLogger("whisper_at")
 ARMS = ("without_added", "with_added")
 
 
-def second_held_out(features: Path, added: list[str]) -> tuple[list[str], dict]:
-    """H2: the store's rule over the clips that touch none of ``added``; and clip counts."""
+def second_held_out(
+    features: Path, added: list[str], scored_on: list[str] | None = None
+) -> tuple[list[str], dict]:
+    """H2 (``scored_on``, else the store's rule over the clips that touch none of
+    ``added``); and clip counts."""
     data = load_features(features)
     try:
-        source_splits(data, added)  # names the packages no clip comes from
+        source_splits(data, [*added, *(scored_on or [])])  # names packages no clip comes from
     except FeatureStoreError as e:
         raise SystemExit(f"{features}: {e}") from None
+    if set(added) & set(scored_on or []):
+        raise SystemExit(f"--scored-on and --added share {sorted(set(added) & set(scored_on))}")
     rest = data.subset([i for i, s in enumerate(data.sources) if not set(added) & set(s)])
-    h2 = list(choose_held_out_sources(rest))
+    h2 = list(scored_on or choose_held_out_sources(rest))
     if not h2:
         raise SystemExit(
             "the held-out rule finds no second set among the packages left: every "
@@ -103,8 +111,13 @@ def write_table(rows: list[dict], h2: list[str], counts: dict, args: argparse.Na
     recipe += f", crops of {args.crop_seconds:g} s" if args.crop_seconds else ""
     lines = [
         f"Gain from {len(args.added)} added packages on {len(h2)} packages neither arm saw "
-        f"(H2: {counts['h2_test_clips']} clips, the store's rule over the packages left "
-        f"without the added ones); store `{args.features}` ({counts['clips']} clips, "
+        f"(H2: {counts['h2_test_clips']} clips, "
+        + (
+            "given with --scored-on"
+            if args.scored_on
+            else "the store's rule over the packages left without the added ones"
+        )
+        + f"); store `{args.features}` ({counts['clips']} clips, "
         f"{counts['touching_added']} touch an added package, {counts['touching_h2']} "
         f"touch H2); heads {recipe}; `scripts/source_gain.py` (docs/results.md).",
         "",
@@ -169,6 +182,9 @@ def main() -> None:
     parser.add_argument("--crop-seconds", type=float, default=2.0, help="0: no crops")
     parser.add_argument("--seeds", type=comma_list(int), default=[0])
     parser.add_argument("--threads", type=int, help="torch threads (1 on a shared machine)")
+    parser.add_argument(
+        "--scored-on", type=comma_list(str), help="H2's packages (default: the store's rule)"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/measurements/source_gain"))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -176,7 +192,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    h2, counts = second_held_out(args.features, args.added)
+    h2, counts = second_held_out(args.features, args.added, args.scored_on)
     logger.info("H2 (%d packages): %s", len(h2), ", ".join(h2))
     rows: list[dict] = []
     for seed in args.seeds:

@@ -687,6 +687,19 @@ def test_source_gain_trains_both_arms_without_h2_and_scores_them_on_it(store, tm
     bad = [*argv[:3], "--added", "lab-9", *argv[5:]]
     failed = subprocess.run(bad, capture_output=True, text=True)
     assert failed.returncode != 0 and "no clip of" in failed.stderr and "lab-9" in failed.stderr
+    # --scored-on: H2 given by hand (a new build's packages judged on build 4's eight)
+    given = [*argv[:6], str(tmp_path / "given"), *argv[7:-3], "--out", str(out), "--scored-on"]
+    subprocess.run([*given, "lab-3", "--no-progress"], check=True, capture_output=True)
+    table = json.loads(out.with_suffix(".json").read_text())
+    assert table["h2"] == ["lab-3"] != list(choose_held_out_sources(rest))
+    arms = {row["arm"]: row["head"] for row in table["rows"]}
+    assert load_head(tmp_path / "given" / arms["without_added"]).config.held_out_sources == [
+        "lab-2",
+        "lab-3",
+    ]
+    assert "given with --scored-on" in out.with_suffix(".md").read_text()
+    failed = subprocess.run([*given, "lab-2"], capture_output=True, text=True)
+    assert failed.returncode != 0 and "share ['lab-2']" in failed.stderr
 
 
 def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):
