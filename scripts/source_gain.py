@@ -49,8 +49,9 @@ def second_held_out(
         source_splits(data, [*added, *(scored_on or [])])  # names packages no clip comes from
     except FeatureStoreError as e:
         raise SystemExit(f"{features}: {e}") from None
-    if set(added) & set(scored_on or []):
-        raise SystemExit(f"--scored-on and --added share {sorted(set(added) & set(scored_on))}")
+    shared = sorted(set(added) & set(scored_on or []))
+    if shared:
+        raise SystemExit(f"--scored-on and --added share {shared}")
     rest = data.subset([i for i, s in enumerate(data.sources) if not set(added) & set(s)])
     h2 = list(scored_on or choose_held_out_sources(rest))
     if not h2:
