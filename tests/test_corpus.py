@@ -515,6 +515,12 @@ def test_stats_counts_recordings_and_packages(builds, capsys):
     out = capsys.readouterr().out
     assert "| Typing | " in out and "Wanted classes with no recording:" in out
     assert corpus_main(["stats", str(builds["a"] / "missing.jsonl")]) == 2
+    only = class_coverage(manifest, ["bucklespring", "fart"])
+    assert only["Typing"] == coverage["Typing"]
+    assert "Speech" not in only  # librivox's recordings are left out
+    assert set(only) < set(coverage)
+    assert corpus_main(["stats", str(manifest), "--sources", "bucklespring,flite"]) == 2
+    assert "no recording comes from flite" in capsys.readouterr().err
 
 
 def test_pitch_check_separates_the_labelled_voices():

@@ -46,6 +46,12 @@ def build_parser(prog: str = "whisper-at corpus") -> argparse.ArgumentParser:
     stats.add_argument(
         "--min-packages", type=int, default=3, help="flag classes below this (default 3)"
     )
+    stats.add_argument(
+        "--sources",
+        type=lambda text: [name for name in text.split(",") if name],
+        metavar="NAME,...",
+        help="count only these sources' recordings (for example the held-out packages)",
+    )
     pitch = sub.add_parser("pitch", help="median voice F0 of a source's matching recordings")
     pitch.add_argument("source", choices=sorted(SOURCES), metavar="SOURCE")
     pitch.add_argument("pattern", help="regex searched in the recording paths")
@@ -77,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.manifest).is_file():
             print(f"error: no manifest at {args.manifest}", file=sys.stderr)
             return 2
-        print(coverage_markdown(class_coverage(args.manifest), args.min_packages), end="")
+        try:
+            coverage = class_coverage(args.manifest, args.sources)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(coverage_markdown(coverage, args.min_packages), end="")
         return 0
     if args.command == "pitch":
         from whisper_at_research.corpus.pitch import median_f0

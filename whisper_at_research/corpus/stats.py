@@ -6,12 +6,15 @@ reads a corpus ``manifest.jsonl`` (each row's main recording, its own labels fro
 row's events, and its package from the recording id's source) and counts, per class,
 the distinct recordings and the distinct packages. ``WANTED_CLASSES`` are the classes
 users most ask for in captions (issue 13), so the table says which are thin or missing.
+Restricted to some sources (the held-out packages), it says which classes a held-out
+evaluation can judge, and on how many packages.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +78,16 @@ class ClassCoverage:
         return len(self.packages)
 
 
-def class_coverage(manifest: str | Path) -> dict[str, ClassCoverage]:
-    """Coverage of every class that some recording in the manifest carries, by class name."""
+def class_coverage(
+    manifest: str | Path, sources: Sequence[str] | None = None
+) -> dict[str, ClassCoverage]:
+    """Coverage of every class that some recording in the manifest carries, by class name.
+
+    Args:
+        manifest: a corpus ``manifest.jsonl``.
+        sources: count only the recordings of these source names (``whisper-at corpus
+            sources``); a name no recording of the manifest comes from is an error.
+    """
     names = audioset_labels().names
     labels_of: dict[str, set[int]] = {}
     with open(manifest, encoding="utf-8") as f:
@@ -89,6 +100,12 @@ def class_coverage(manifest: str | Path) -> dict[str, ClassCoverage]:
             if not own:
                 raise ValueError(f"{manifest}: row {row['path']} has no event of its recording")
             labels_of[main] = set(own[0])
+    if sources is not None:
+        present = {rec_id.split(":", 1)[0] for rec_id in labels_of}
+        absent = sorted(set(sources) - present)
+        if absent:
+            raise ValueError(f"{manifest}: no recording comes from {', '.join(absent)}")
+        labels_of = {k: v for k, v in labels_of.items() if k.split(":", 1)[0] in sources}
     recordings: dict[str, set[str]] = defaultdict(set)
     for rec_id, indices in labels_of.items():
         for i in indices:
