@@ -702,6 +702,49 @@ def test_source_gain_trains_both_arms_without_h2_and_scores_them_on_it(store, tm
     assert failed.returncode != 0 and "share ['lab-2']" in failed.stderr
 
 
+def test_package_folds_score_every_package_with_a_head_that_never_saw_it(store, tmp_path):
+    """scripts/package_folds.py: the folds partition the packages, each fold's head is
+    trained without exactly its packages, and a class's pooled positives are the
+    single-fold clips that carry it."""
+    import subprocess
+    import sys
+
+    _, features, _ = store
+    script = Path(__file__).parents[1] / "scripts" / "package_folds.py"
+    out, work = tmp_path / "folds", tmp_path / "heads"
+    argv = [sys.executable, str(script), str(features), "--work", str(work), "--folds", "2",
+            "--head-type", "tl_tr", "--proj-dim", "0", "--epochs", "2", "--crop-seconds", "0",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    subprocess.run([*argv, "--only-fold", "1"], check=True, capture_output=True, text=True)
+    assert [p.name for p in work.glob("*.safetensors")] == ["fold1of2-tl_tr-e2-s0.safetensors"]
+    subprocess.run(argv, check=True, capture_output=True, text=True)
+    report = json.loads(out.with_suffix(".json").read_text())
+    data = load_features(features)
+    folds = [f["packages"] for f in report["folds"]]
+    assert sorted(p for f in folds for p in f) == sorted({p for s in data.sources for p in s})
+    trained = []
+    for i, packages in enumerate(folds):
+        head = load_head(work / f"fold{i}of2-tl_tr-e2-s0.safetensors")
+        assert head.config.held_out_sources == packages
+        assert report["folds"][i]["clips"] == sum(set(s) <= set(packages) for s in data.sources)
+        trained.append({head.config.label_names[c] for c in head.config.reported_classes})
+    labels = audioset_labels()
+    for row in report["per_class"]:
+        column = data.meta["label_ids"].index(labels.ids[labels.names.index(row["name"])])
+        carried = [(f, s) for f, fold in enumerate(folds) for i, s in enumerate(data.sources)
+                   if set(s) <= set(fold) and data.targets[i, column]]  # fmt: skip
+        assert row["positives"] + row["positives_untrained"] == len(carried)
+        seen = [s for f, s in carried if row["name"] in trained[f]]
+        assert row["positives"] == len(seen) and row["packages"] == len(
+            {p for s in seen for p in s}
+        )
+        assert 0 <= row["ap"] <= 1
+    assert 0 <= report["top1"] <= report["top3"] <= 1
+    assert "Leave-packages-out cross-validation over 2 folds" in out.with_suffix(".md").read_text()
+    failed = subprocess.run([*argv[:6], "9", *argv[7:]], capture_output=True, text=True)
+    assert failed.returncode != 0 and "--folds must be between 2 and" in failed.stderr
+
+
 def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):
     _, features, _ = store
     head = tmp_path / "held-out.safetensors"
