@@ -30,6 +30,12 @@ import torch
 
 from whisper_at.heads import load_head
 from whisper_at_research.corpus.stats import WANTED_CLASSES
+from whisper_at_research.training.cli import (
+    add_measurement_recipe,
+    measurement_recipe,
+    measurement_recipe_text,
+    start_measurement,
+)
 from whisper_at_research.training.evaluate import align_targets, top_k_hits
 from whisper_at_research.training.features import FeatureSet, load_features
 from whisper_at_research.training.metrics import tagging_metrics
@@ -58,12 +64,9 @@ def fold_head(args: argparse.Namespace, fold: int, packages: list[str]) -> Path:
     path = args.work / f"fold{fold}of{args.folds}-{args.head_type}-e{args.epochs}-s{args.seed}"
     path = path.with_suffix(".safetensors")
     if not path.is_file():
-        recipe = {"epochs": args.epochs, "lr": args.lr, "crop_seconds": args.crop_seconds or None}
-        if args.proj_dim:
-            recipe["proj_dim"] = args.proj_dim
-        train_head(args.features, args.head_type, out=path, seed=args.seed, **recipe,
-                   split_scheme="source", held_out_sources=packages,
-                   progress=not args.no_progress)  # fmt: skip
+        train_head(args.features, args.head_type, out=path, seed=args.seed,
+                   **measurement_recipe(args), split_scheme="source",
+                   held_out_sources=packages)  # fmt: skip
     return path
 
 
@@ -151,9 +154,7 @@ def pooled_report(folds: list[list[str]], scored: list[dict]) -> dict:
 
 
 def write_report(report: dict, args: argparse.Namespace) -> None:
-    recipe = f"{args.head_type}" + (f" {args.proj_dim}" if args.proj_dim else "")
-    recipe += f", {args.epochs} epochs, lr {args.lr:g}, seed {args.seed}"
-    recipe += f", crops of {args.crop_seconds:g} s" if args.crop_seconds else ""
+    recipe = f"{measurement_recipe_text(args)}, seed {args.seed}"
     clips = sum(f["clips"] for f in report["folds"])
     lines = [
         f"Leave-packages-out cross-validation over {args.folds} folds of the store "
@@ -202,20 +203,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="where the heads go")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only-fold", type=int, help="train this fold's head only")
-    parser.add_argument("--head-type", default="tl_tr_low")
-    parser.add_argument("--proj-dim", type=int, default=192, help="0 for tl_tr")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--crop-seconds", type=float, default=2.0, help="0: no crops")
+    add_measurement_recipe(parser, proj_dim=192)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch threads (1 on a shared machine)")
     parser.add_argument("--out", type=Path, default=Path("docs/measurements/package_folds"))
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
+    start_measurement(args)
     data = load_features(args.features)
     folds = deal_folds(data, args.folds)
     if args.only_fold is not None:

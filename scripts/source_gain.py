@@ -27,9 +27,13 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
-from whisper_at_research.training.cli import comma_list
+from whisper_at_research.training.cli import (
+    add_measurement_recipe,
+    comma_list,
+    measurement_recipe,
+    measurement_recipe_text,
+    start_measurement,
+)
 from whisper_at_research.training.evaluate import evaluate_head
 from whisper_at_research.training.features import FeatureStoreError, load_features
 from whisper_at_research.training.source_split import choose_held_out_sources, source_splits
@@ -75,12 +79,9 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, h2: list[str]) -> dic
     head_path = args.work / f"{arm}-{args.head_type}-e{args.epochs}-s{seed}.safetensors"
     held_out = h2 if arm == "with_added" else [*args.added, *h2]
     if not head_path.is_file():
-        recipe = {"epochs": args.epochs, "lr": args.lr, "crop_seconds": args.crop_seconds or None}
-        if args.proj_dim:
-            recipe["proj_dim"] = args.proj_dim
-        train_head(args.features, args.head_type, out=head_path, seed=seed, **recipe,
-                   split_scheme="source", held_out_sources=held_out,
-                   progress=not args.no_progress)  # fmt: skip
+        train_head(args.features, args.head_type, out=head_path, seed=seed,
+                   **measurement_recipe(args), split_scheme="source",
+                   held_out_sources=held_out)  # fmt: skip
     report = evaluate_head(
         head_path,
         args.features,
@@ -107,9 +108,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, h2: list[str]) -> dic
 
 
 def write_table(rows: list[dict], h2: list[str], counts: dict, args: argparse.Namespace) -> None:
-    recipe = f"{args.head_type}" + (f" {args.proj_dim}" if args.proj_dim else "")
-    recipe += f", {args.epochs} epochs" + (f", lr {args.lr:g}" if args.lr else "")
-    recipe += f", crops of {args.crop_seconds:g} s" if args.crop_seconds else ""
+    recipe = measurement_recipe_text(args)
     lines = [
         f"Gain from {len(args.added)} added packages on {len(h2)} packages neither arm saw "
         f"(H2: {counts['h2_test_clips']} clips, "
@@ -176,23 +175,14 @@ def main() -> None:
     parser.add_argument("features", type=Path, help="feature store, every split")
     parser.add_argument("--added", type=comma_list(str), required=True, help="packages A,B")
     parser.add_argument("--work", type=Path, required=True, help="where the heads go")
-    parser.add_argument("--head-type", default="tl_tr_low")
-    parser.add_argument("--proj-dim", type=int, default=256, help="0 for tl_tr")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--crop-seconds", type=float, default=2.0, help="0: no crops")
+    add_measurement_recipe(parser, proj_dim=256)
     parser.add_argument("--seeds", type=comma_list(int), default=[0])
-    parser.add_argument("--threads", type=int, help="torch threads (1 on a shared machine)")
     parser.add_argument(
         "--scored-on", type=comma_list(str), help="H2's packages (default: the store's rule)"
     )
     parser.add_argument("--out", type=Path, default=Path("docs/measurements/source_gain"))
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
+    start_measurement(args)
     h2, counts = second_held_out(args.features, args.added, args.scored_on)
     logger.info("H2 (%d packages): %s", len(h2), ", ".join(h2))
     rows: list[dict] = []

@@ -197,6 +197,48 @@ def comma_list(parse):
     return parse_list
 
 
+def add_measurement_recipe(parser: argparse.ArgumentParser, proj_dim: int) -> None:
+    """The head recipe options the measurement scripts (scripts/source_gain.py,
+    scripts/package_folds.py) train every head with; defaults: the low-dim recipe."""
+    parser.add_argument("--head-type", default="tl_tr_low")
+    parser.add_argument("--proj-dim", type=int, default=proj_dim, help="0 for tl_tr")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--crop-seconds", type=float, default=2.0, help="0: no crops")
+    parser.add_argument("--threads", type=int, help="torch threads (1 on a shared machine)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def start_measurement(args: argparse.Namespace) -> None:
+    """Timed log lines, ``--threads`` torch threads, and the ``--work`` folder."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+
+
+def measurement_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """``train_head`` keyword options from :func:`add_measurement_recipe`'s arguments."""
+    recipe: dict[str, Any] = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "crop_seconds": args.crop_seconds or None,
+        "progress": not args.no_progress,
+    }
+    if args.proj_dim:
+        recipe["proj_dim"] = args.proj_dim
+    return recipe
+
+
+def measurement_recipe_text(args: argparse.Namespace) -> str:
+    """The recipe in words, for the scripts' tables."""
+    text = f"{args.head_type}" + (f" {args.proj_dim}" if args.proj_dim else "")
+    text += f", {args.epochs} epochs" + (f", lr {args.lr:g}" if args.lr else "")
+    return text + (f", crops of {args.crop_seconds:g} s" if args.crop_seconds else "")
+
+
 def _add_held_out_sources(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--held-out-sources", type=comma_list(str), metavar="PKG,PKG", help=text)
 
