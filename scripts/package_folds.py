@@ -8,7 +8,8 @@ for each fold, a head is trained without the fold's packages (``split_scheme="so
 and scores the fold's clips (those made of its packages only; clips that mix a fold
 package with another are in neither side, as in ``source_splits``). Per class, the scores
 of every fold whose head was trained on the class are pooled: its AP is over all the
-packages that carry it, and the table says how many packages that is. Heads are reused
+packages that carry it, and the table says how many packages its scored clips come from
+(a mixed clip counts its partner's package too). Heads are reused
 when their file exists, so the command resumes, and ``--only-fold`` trains one fold (run
 folds side by side, then once without it to pool).
 
@@ -163,7 +164,7 @@ def write_report(report: dict, args: argparse.Namespace) -> None:
         "",
         f"**Pooled: mAP {report['mAP']:.3f} over {report['classes']} classes, "
         f"{report['mAP_3_packages']:.3f} over the {report['classes_3_packages']} classes "
-        f"carried by 3 or more packages; top-1 / top-3 hit {report['top1']:.3f} / "
+        f"whose clips come from 3 or more packages; top-1 / top-3 hit {report['top1']:.3f} / "
         f"{report['top3']:.3f}.**",
         "",
         "| fold | packages | clips scored | classes | mAP | top-1 / top-3 hit |",
@@ -176,7 +177,8 @@ def write_report(report: dict, args: argparse.Namespace) -> None:
         )
     by_name = {r["name"]: r for r in report["per_class"]}
     lines += ["", "Wanted classes (issue 13):", ""]
-    lines += ["| class | positives | packages | AP | AUC |", "|---|---:|---:|---:|---:|"]
+    lines += ["| class | positives | packages in its clips | AP | AUC |"]
+    lines += ["|---|---:|---:|---:|---:|"]
     for name in WANTED_CLASSES:
         r = by_name.get(name)
         lines.append(
@@ -185,7 +187,7 @@ def write_report(report: dict, args: argparse.Namespace) -> None:
             else f"| {name} | - | - | - | - |"
         )
     lines += ["", "Every class scored (most packages first):", "",
-              "| class | positives | packages | AP | AUC | positives of folds not trained on it |",
+              "| class | positives | packages in its clips | AP | AUC | untrained positives |",
               "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in sorted(report["per_class"], key=lambda r: (-r["packages"], r["name"])):
         lines.append(
