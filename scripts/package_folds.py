@@ -62,8 +62,8 @@ def deal_folds(data: FeatureSet, k: int) -> list[list[str]]:
 
 def fold_head(args: argparse.Namespace, fold: int, packages: list[str]) -> Path:
     """Train (or reuse) the head that never saw ``packages``."""
-    path = args.work / f"fold{fold}of{args.folds}-{args.head_type}-e{args.epochs}-s{args.seed}"
-    path = path.with_suffix(".safetensors")
+    name = f"fold{fold}of{args.folds}-{args.head_type}-e{args.epochs}-s{args.seed}.safetensors"
+    path = args.work / name
     if not path.is_file():
         train_head(args.features, args.head_type, out=path, seed=args.seed,
                    **measurement_recipe(args), split_scheme="source",
@@ -84,7 +84,7 @@ def fold_scores(data: FeatureSet, head_path: Path, packages: list[str]) -> dict:
         "reported": head.config.reported_classes,
         "targets": align_targets(head, data.meta["label_ids"], test.targets),
         "scores": torch.sigmoid(predict(head, test.features)).numpy(),
-        "sources": [test.sources[i] for i in range(len(test))],
+        "sources": list(test.sources),
     }
 
 
@@ -122,7 +122,7 @@ def pooled_report(folds: list[list[str]], scored: list[dict]) -> dict:
                 "ap": ap["ap"],
                 "auc": ap["auc"],
                 "positives_untrained": untrained,
-            }  # fmt: skip
+            }
         )
     fold_rows = []
     for packages, s in zip(folds, scored, strict=True):
@@ -138,7 +138,7 @@ def pooled_report(folds: list[list[str]], scored: list[dict]) -> dict:
                 "mAP": m.mAP,
                 "top1": hits["1"],
                 "top3": hits["3"],
-            }  # fmt: skip
+            }
         )
     aps = [r["ap"] for r in per_class]
     clips = sum(r["clips"] for r in fold_rows)
