@@ -13,9 +13,15 @@ packages that carry it, and the table says how many packages its scored clips co
 when their file exists, so the command resumes, and ``--only-fold`` trains one fold (run
 folds side by side, then once without it to pool).
 
+``--never-train PKG,...`` keeps packages out of every head's training while they are still
+scored in their own fold: what a package teaches the others (a package that hurts the
+rest, such as isolated drum-kit hits that make every impulse read as percussion, lifts
+the other folds' APs when it is never trained on).
+
     python scripts/package_folds.py FEATURES --work DIR [--folds 5] [--head-type tl_tr_low]
         [--proj-dim 192] [--epochs 15] [--lr 5e-4] [--crop-seconds 2] [--seed 0]
-        [--threads 1] [--only-fold N] [--out docs/measurements/package_folds]
+        [--threads 1] [--only-fold N] [--never-train PKG,...]
+        [--out docs/measurements/package_folds]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from whisper_at.heads import load_head
 from whisper_at_research.corpus.stats import WANTED_CLASSES
 from whisper_at_research.training.cli import (
     add_measurement_recipe,
+    comma_list,
     measurement_recipe,
     measurement_recipe_text,
     start_measurement,
@@ -60,22 +67,32 @@ def deal_folds(data: FeatureSet, k: int) -> list[list[str]]:
     return [sorted(fold) for fold in folds]
 
 
+def untrained_packages(args: argparse.Namespace, packages: list[str]) -> list[str]:
+    """The packages the fold's head is trained without: its own and ``--never-train``."""
+    return sorted(set(packages) | set(args.never_train))
+
+
 def fold_head(args: argparse.Namespace, fold: int, packages: list[str]) -> Path:
-    """Train (or reuse) the head that never saw ``packages``."""
+    """Train (or reuse) the head that never saw ``packages`` (nor ``--never-train``)."""
     name = f"fold{fold}of{args.folds}-{args.head_type}-e{args.epochs}-s{args.seed}.safetensors"
     path = args.work / name
     if not path.is_file():
         train_head(args.features, args.head_type, out=path, seed=args.seed,
                    **measurement_recipe(args), split_scheme="source",
-                   held_out_sources=packages)  # fmt: skip
+                   held_out_sources=untrained_packages(args, packages))  # fmt: skip
     return path
 
 
-def fold_scores(data: FeatureSet, head_path: Path, packages: list[str]) -> dict:
+def fold_scores(
+    data: FeatureSet, head_path: Path, packages: list[str], untrained: list[str]
+) -> dict:
     """The head's probabilities and the targets on the fold's own clips."""
     head = load_head(head_path)
-    if sorted(head.config.held_out_sources or []) != sorted(packages):
-        raise SystemExit(f"{head_path} was not trained without exactly this fold's packages")
+    if sorted(head.config.held_out_sources or []) != untrained:
+        raise SystemExit(
+            f"{head_path} was not trained without exactly this fold's packages"
+            + (" and --never-train" if len(untrained) > len(packages) else "")
+        )
     split = source_splits(data, packages)
     rows = [i for i, side in enumerate(split.splits) if side == "test"]
     test = data.subset(rows)
@@ -156,6 +173,8 @@ def pooled_report(folds: list[list[str]], scored: list[dict]) -> dict:
 
 def write_report(report: dict, args: argparse.Namespace) -> None:
     recipe = f"{measurement_recipe_text(args)}, seed {args.seed}"
+    if args.never_train:
+        recipe += f"; no head trained on {', '.join(args.never_train)}"
     clips = sum(f["clips"] for f in report["folds"])
     lines = [
         f"Leave-packages-out cross-validation over {args.folds} folds of the store "
@@ -207,11 +226,16 @@ def main() -> None:
     parser.add_argument("--only-fold", type=int, help="train this fold's head only")
     add_measurement_recipe(parser, proj_dim=192)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--never-train", type=comma_list(str), default=[], metavar="PKG,PKG",
+                        help="packages no head trains on (still scored in their fold)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("docs/measurements/package_folds"))
     args = parser.parse_args()
     start_measurement(args)
     data = load_features(args.features)
     folds = deal_folds(data, args.folds)
+    unknown = set(args.never_train) - {package for fold in folds for package in fold}
+    if unknown:
+        raise SystemExit(f"--never-train: the store has no package {', '.join(sorted(unknown))}")
     if args.only_fold is not None:
         if not 0 <= args.only_fold < args.folds:
             raise SystemExit(f"--only-fold must be between 0 and {args.folds - 1}")
@@ -220,7 +244,8 @@ def main() -> None:
     scored = []
     for i, packages in enumerate(folds):
         logger.info("fold %d: %s", i, ", ".join(packages))
-        scored.append(fold_scores(data, fold_head(args, i, packages), packages))
+        head = fold_head(args, i, packages)
+        scored.append(fold_scores(data, head, packages, untrained_packages(args, packages)))
     report = pooled_report(folds, scored)
     write_report(report, args)
     logger.info("pooled mAP %.4f over %d classes", report["mAP"], report["classes"])

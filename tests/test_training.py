@@ -744,6 +744,20 @@ def test_package_folds_score_every_package_with_a_head_that_never_saw_it(store, 
     failed = subprocess.run([*argv[:6], "9", *argv[7:]], capture_output=True, text=True)
     assert failed.returncode != 0 and "--folds must be between 2 and" in failed.stderr
 
+    # --never-train: no head trains on the package, its own fold still scores it
+    never = folds[1][0]
+    argv[argv.index(str(work))] = str(tmp_path / "never")
+    subprocess.run([*argv, "--never-train", never], check=True, capture_output=True, text=True)
+    without = json.loads(out.with_suffix(".json").read_text())
+    assert [f["packages"] for f in without["folds"]] == folds
+    assert [f["clips"] for f in without["folds"]] == [f["clips"] for f in report["folds"]]
+    for i, packages in enumerate(folds):
+        head = load_head(tmp_path / "never" / f"fold{i}of2-tl_tr-e2-s0.safetensors")
+        assert head.config.held_out_sources == sorted({*packages, never})
+    assert f"no head trained on {never}" in out.with_suffix(".md").read_text()
+    failed = subprocess.run([*argv, "--never-train", "lab-9"], capture_output=True, text=True)
+    assert failed.returncode != 0 and "the store has no package lab-9" in failed.stderr
+
 
 def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):
     _, features, _ = store
