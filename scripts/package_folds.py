@@ -18,9 +18,15 @@ scored in their own fold: what a package teaches the others (a package that hurt
 rest, such as isolated drum-kit hits that make every impulse read as percussion, lifts
 the other folds' APs when it is never trained on).
 
+``--ensemble TEMPLATE`` (repeatable) scores each fold with the mean probability of its head
+and other fold heads, ``TEMPLATE`` naming them with ``{fold}`` for the fold number (heads
+of another recipe trained by this script into another ``--work``, say): whether heads of
+different kinds err differently on unseen packages. Every member must have been trained
+without exactly the fold's packages.
+
     python scripts/package_folds.py FEATURES --work DIR [--folds 5] [--head-type tl_tr_low]
         [--proj-dim 192] [--epochs 15] [--lr 5e-4] [--crop-seconds 2] [--seed 0]
-        [--threads 1] [--only-fold N] [--never-train PKG,...]
+        [--threads 1] [--only-fold N] [--never-train PKG,...] [--ensemble TEMPLATE ...]
         [--out docs/measurements/package_folds]
 """
 
@@ -105,6 +111,14 @@ def fold_scores(
     }
 
 
+def ensemble_scores(members: list[dict]) -> dict:
+    """The fold's scores averaged over the heads of ``--ensemble``."""
+    first = members[0]
+    if any(m["names"] != first["names"] or m["reported"] != first["reported"] for m in members):
+        raise SystemExit("the --ensemble heads of a fold differ in labels or trained classes")
+    return {**first, "scores": np.mean([m["scores"] for m in members], axis=0)}
+
+
 def pooled_report(folds: list[list[str]], scored: list[dict]) -> dict:
     """Per-class AP over the folds whose head was trained on the class, and fold rows."""
     names = scored[0]["names"]
@@ -175,6 +189,8 @@ def write_report(report: dict, args: argparse.Namespace) -> None:
     recipe = f"{measurement_recipe_text(args)}, seed {args.seed}"
     if args.never_train:
         recipe += f"; no head trained on {', '.join(args.never_train)}"
+    for template in args.ensemble:
+        recipe += f"; probabilities averaged with `{template}`"
     clips = sum(f["clips"] for f in report["folds"])
     lines = [
         f"Leave-packages-out cross-validation over {args.folds} folds of the store "
@@ -228,6 +244,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--never-train", type=comma_list(str), default=[], metavar="PKG,PKG",
                         help="packages no head trains on (still scored in their fold)")  # fmt: skip
+    parser.add_argument("--ensemble", action="append", default=[], metavar="TEMPLATE",
+                        help="also average these heads ({fold}: the fold)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("docs/measurements/package_folds"))
     args = parser.parse_args()
     start_measurement(args)
@@ -244,8 +262,12 @@ def main() -> None:
     scored = []
     for i, packages in enumerate(folds):
         logger.info("fold %d: %s", i, ", ".join(packages))
-        head = fold_head(args, i, packages)
-        scored.append(fold_scores(data, head, packages, untrained_packages(args, packages)))
+        heads = [fold_head(args, i, packages)]
+        heads += [Path(template.format(fold=i)) for template in args.ensemble]
+        if missing := [str(h) for h in heads if not h.is_file()]:
+            raise SystemExit(f"--ensemble: no head {', '.join(missing)}")
+        untrained = untrained_packages(args, packages)
+        scored.append(ensemble_scores([fold_scores(data, h, packages, untrained) for h in heads]))
     report = pooled_report(folds, scored)
     write_report(report, args)
     logger.info("pooled mAP %.4f over %d classes", report["mAP"], report["classes"])

@@ -758,6 +758,20 @@ def test_package_folds_score_every_package_with_a_head_that_never_saw_it(store, 
     failed = subprocess.run([*argv, "--never-train", "lab-9"], capture_output=True, text=True)
     assert failed.returncode != 0 and "the store has no package lab-9" in failed.stderr
 
+    # --ensemble: members must share the fold's held-out packages; a head averaged with
+    # itself scores as it does alone
+    argv[argv.index(str(tmp_path / "never"))] = str(work)
+    itself = str(work / "fold{fold}of2-tl_tr-e2-s0.safetensors")
+    subprocess.run([*argv, "--ensemble", itself], check=True, capture_output=True, text=True)
+    averaged = json.loads(out.with_suffix(".json").read_text())
+    assert averaged["per_class"] == report["per_class"] and averaged["mAP"] == report["mAP"]
+    assert f"probabilities averaged with `{itself}`" in out.with_suffix(".md").read_text()
+    other = str(tmp_path / "never" / "fold{fold}of2-tl_tr-e2-s0.safetensors")
+    failed = subprocess.run([*argv, "--ensemble", other], capture_output=True, text=True)
+    assert failed.returncode != 0 and "not trained without exactly" in failed.stderr
+    failed = subprocess.run([*argv, "--ensemble", other + "x"], capture_output=True, text=True)
+    assert failed.returncode != 0 and "--ensemble: no head" in failed.stderr
+
 
 def test_evaluate_reports_both_splits(trained, store, tmp_path, capsys):
     _, features, _ = store
