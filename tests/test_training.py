@@ -739,6 +739,9 @@ def test_package_folds_score_every_package_with_a_head_that_never_saw_it(store, 
             {p for s in seen for p in s}
         )
         assert 0 <= row["ap"] <= 1
+        top3 = row["top3_on_its_clips"]
+        assert set(top3) <= trained[0] | trained[1] and sum(top3.values()) <= 3 * len(seen)
+        assert all(0 < n <= len(seen) for n in top3.values())
     assert 0 <= report["top1"] <= report["top3"] <= 1
     assert "Leave-packages-out cross-validation over 2 folds" in out.with_suffix(".md").read_text()
     failed = subprocess.run([*argv[:6], "9", *argv[7:]], capture_output=True, text=True)
