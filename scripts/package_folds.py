@@ -14,9 +14,8 @@ when their file exists, so the command resumes, and ``--only-fold`` trains one f
 folds side by side, then once without it to pool).
 
 ``--never-train PKG,...`` keeps packages out of every head's training while they are still
-scored in their own fold: what a package teaches the others (a package that hurts the
-rest, such as isolated drum-kit hits that make every impulse read as percussion, lifts
-the other folds' APs when it is never trained on).
+scored in their own fold: what a package teaches the heads about all the others (whether
+Hydrogen's isolated drum hits make impulses read as percussion, say; docs/results.md).
 
 ``--ensemble TEMPLATE`` (repeatable) scores each fold with the mean probability of its head
 and other fold heads, ``TEMPLATE`` naming them with ``{fold}`` for the fold number (heads
@@ -148,7 +147,7 @@ def pooled_report(folds: list[list[str]], scored: list[dict]) -> dict:
             for package in sources
         }
         ap = tagging_metrics(targets[:, None], scores[:, None]).per_class[0]
-        ranked_first = Counter(
+        in_top3 = Counter(
             names[k]
             for s in mine
             for row in np.flatnonzero(s["targets"][:, c])
@@ -165,7 +164,7 @@ def pooled_report(folds: list[list[str]], scored: list[dict]) -> dict:
                 "ap": ap["ap"],
                 "auc": ap["auc"],
                 "positives_untrained": untrained,
-                "top3_on_its_clips": dict(ranked_first.most_common(5)),
+                "top3_on_its_clips": dict(in_top3.most_common(5)),
             }
         )
     fold_rows = []
