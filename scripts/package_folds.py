@@ -88,23 +88,24 @@ def fold_head(args: argparse.Namespace, fold: int, packages: list[str]) -> Path:
     return path
 
 
-def fold_scores(
-    data: FeatureSet, head_path: Path, packages: list[str], untrained: list[str]
-) -> dict:
-    """The head's probabilities and the targets on the fold's own clips."""
+def fold_clips(data: FeatureSet, packages: list[str]) -> FeatureSet:
+    """The clips made of the fold's packages only (mixed clips are on neither side)."""
+    split = source_splits(data, packages)
+    return data.subset([i for i, side in enumerate(split.splits) if side == "test"])
+
+
+def fold_scores(test: FeatureSet, head_path: Path, untrained: list[str]) -> dict:
+    """The head's probabilities and the targets on the fold's own clips ``test``."""
     head = load_head(head_path)
     if sorted(head.config.held_out_sources or []) != untrained:
         raise SystemExit(
-            f"{head_path} was not trained without exactly this fold's packages"
-            + (" and --never-train" if len(untrained) > len(packages) else "")
+            f"{head_path} was not trained without exactly {', '.join(untrained)} "
+            "(the fold's packages and --never-train's)"
         )
-    split = source_splits(data, packages)
-    rows = [i for i, side in enumerate(split.splits) if side == "test"]
-    test = data.subset(rows)
     return {
         "names": head.config.label_names,
         "reported": head.config.reported_classes,
-        "targets": align_targets(head, data.meta["label_ids"], test.targets),
+        "targets": align_targets(head, test.meta["label_ids"], test.targets),
         "scores": torch.sigmoid(predict(head, test.features)).numpy(),
         "sources": list(test.sources),
     }
@@ -278,12 +279,12 @@ def main() -> None:
     scored = []
     for i, packages in enumerate(folds):
         logger.info("fold %d: %s", i, ", ".join(packages))
-        heads = [fold_head(args, i, packages)]
-        heads += [Path(template.format(fold=i)) for template in args.ensemble]
-        if missing := [str(h) for h in heads if not h.is_file()]:
+        others = [Path(template.format(fold=i)) for template in args.ensemble]
+        if missing := [str(h) for h in others if not h.is_file()]:
             raise SystemExit(f"--ensemble: no head {', '.join(missing)}")
-        untrained = untrained_packages(args, packages)
-        scored.append(ensemble_scores([fold_scores(data, h, packages, untrained) for h in heads]))
+        test, untrained = fold_clips(data, packages), untrained_packages(args, packages)
+        heads = [fold_head(args, i, packages), *others]
+        scored.append(ensemble_scores([fold_scores(test, h, untrained) for h in heads]))
     report = pooled_report(folds, scored)
     write_report(report, args)
     logger.info("pooled mAP %.4f over %d classes", report["mAP"], report["classes"])
